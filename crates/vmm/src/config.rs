@@ -1,0 +1,106 @@
+//! The one value that describes a VM: `VmConfig`.
+//!
+//! CLI flags, config files (`--config FILE`, JSON) and, later, the REST API all
+//! produce this value; `builder::build` turns it into a running VM. It is plain
+//! serializable data so it can be written to disk and handed to another process
+//! (the nested rig passes it into its L1 VM this way).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Kernel command line that every guest gets before the user's additions.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode", content = "path")]
+pub enum ConsoleConfig {
+    /// The VMM's stdin/stdout; interactive (raw mode) when stdin is a TTY.
+    #[default]
+    Stdio,
+    /// Guest output is discarded; no input.
+    Off,
+    /// Guest output is appended to a file; no input.
+    File(PathBuf),
+}
+
+/// Everything needed to build one VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// bzImage or ELF vmlinux.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Added after `DEFAULT_CMDLINE`.
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+pub fn default_vcpus() -> u8 {
+    1
+}
+
+pub fn default_memory_mib() -> u64 {
+    512
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the kernel.
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory_mib(),
+            console: ConsoleConfig::default(),
+        }
+    }
+
+    /// The full kernel command line: defaults, then the user's additions.
+    pub fn full_cmdline(&self) -> String {
+        if self.cmdline.trim().is_empty() {
+            DEFAULT_CMDLINE.to_string()
+        } else {
+            format!("{DEFAULT_CMDLINE} {}", self.cmdline.trim())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let mut c = VmConfig::new("/k".into());
+        c.initrd = Some("/i".into());
+        c.cmdline = "quiet".into();
+        c.vcpus = 2;
+        c.memory_mib = 4096;
+        c.console = ConsoleConfig::File("/tmp/c".into());
+        let s = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&s).unwrap(), c);
+    }
+
+    #[test]
+    fn cmdline_appends_user_part() {
+        let mut c = VmConfig::new("/k".into());
+        assert_eq!(c.full_cmdline(), DEFAULT_CMDLINE);
+        c.cmdline = " quiet ".into();
+        assert_eq!(c.full_cmdline(), format!("{DEFAULT_CMDLINE} quiet"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","cpus":2}"#).is_err());
+    }
+}
