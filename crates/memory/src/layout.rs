@@ -1,0 +1,51 @@
+//! Fixed guest physical addresses used while booting and for devices.
+
+/// Smallest guest Vireo will build (kernel + initrd need room).
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// Boot GDT and IDT.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` and its memory map.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MEMMAP_START: u64 = 0x6040;
+/// Linux boot protocol "zero page" (`boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer for the boot vCPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity page tables for 64-bit entry: PML4, PDPT, and four PDs (4 GiB).
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Start of the Extended BIOS Data Area; RAM below it is usable.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
+pub const ACPI_START: u64 = 0xe0000;
+pub const ACPI_END: u64 = 0x100000;
+/// Kernels are loaded here (1 MiB).
+pub const HIMEM_START: u64 = 0x100000;
+
+/// Start of the 32-bit MMIO hole (3 GiB) and of RAM above it (4 GiB).
+pub const MMIO_32_START: u64 = 0xc000_0000;
+pub const RAM_64_START: u64 = 0x1_0000_0000;
+/// KVM's TSS (3 pages) and identity map page, just below the IOAPIC.
+pub const KVM_TSS_START: u64 = 0xfeff_c000;
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const LAPIC_START: u64 = 0xfee0_0000;
+
+/// Legacy I/O ports of the platform devices.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const I8042_PORT: u16 = 0x60;
+/// ACPI hardware-reduced sleep control/status and reset registers.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+pub const ACPI_RESET_PORT: u16 = 0x602;
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// pvpanic (ACPI id QEMU0001).
+pub const PVPANIC_PORT: u16 = 0x505;
+/// Vireo's exit device: a byte written here ends the VM with that status.
+pub const EXIT_PORT: u16 = 0x506;
