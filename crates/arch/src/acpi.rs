@@ -6,7 +6,7 @@
 
 use acpi_tables::{aml, fadt, gas, madt, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
 use memory::layout::{
-    ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
+    ACPI_END, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
     ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_START, LAPIC_START, PVPANIC_PORT,
 };
 use memory::GuestMemory;
@@ -23,9 +23,6 @@ const OEM_REVISION: u32 = 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
-/// SLP_TYP value the DSDT's \_S5 advertises; the sleep control device powers
-/// off when the guest writes it with SLP_EN.
-pub const S5_SLEEP_TYPE: u8 = 5;
 
 fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -81,7 +78,7 @@ fn dsdt() -> Vec<u8> {
     .to_aml_bytes(&mut dsdt);
     aml::Name::new(
         "_S5_".into(),
-        &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]),
+        &aml::Package::new(vec![&ACPI_S5_SLEEP_TYPE, &ACPI_S5_SLEEP_TYPE, &0u8, &0u8]),
     )
     .to_aml_bytes(&mut dsdt);
     dsdt.as_slice().to_vec()

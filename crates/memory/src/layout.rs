@@ -49,3 +49,6 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 pub const PVPANIC_PORT: u16 = 0x505;
 /// Vireo's exit device: a byte written here ends the VM with that status.
 pub const EXIT_PORT: u16 = 0x506;
+/// SLP_TYP for S5 (soft off) that the DSDT's \_S5 object advertises and the
+/// sleep control register acts on.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
