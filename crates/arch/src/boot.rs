@@ -72,8 +72,15 @@ pub struct LoadedInitrd {
     pub size: u64,
 }
 
-/// Load a bzImage or ELF kernel, choosing PVH entry when the ELF has the note.
-pub fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, LoadError> {
+/// The kernel image formats Vireo boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    Elf,
+    BzImage,
+}
+
+/// Tell a bzImage from an ELF vmlinux by their magic numbers.
+pub fn kernel_format(file: &mut File) -> Result<KernelFormat, LoadError> {
     let mut magic = [0u8; 4];
     file.seek(SeekFrom::Start(0))?;
     let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
@@ -81,8 +88,17 @@ pub fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, L
     file.seek(SeekFrom::Start(0x202))?;
     let is_bzimage = file.read_exact(&mut hdr_magic).is_ok() && hdr_magic == *b"HdrS";
     file.seek(SeekFrom::Start(0))?;
+    match (is_elf, is_bzimage) {
+        (true, _) => Ok(KernelFormat::Elf),
+        (false, true) => Ok(KernelFormat::BzImage),
+        _ => Err(LoadError::UnknownFormat),
+    }
+}
 
-    if is_elf {
+/// Load a bzImage or ELF kernel, choosing PVH entry when the ELF has the note.
+pub fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, LoadError> {
+    let format = kernel_format(file)?;
+    if format == KernelFormat::Elf {
         let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START)))?;
         let (entry, mode) = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), EntryMode::Pvh),
@@ -94,7 +110,7 @@ pub fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, L
             setup_header: None,
             end: r.kernel_end,
         })
-    } else if is_bzimage {
+    } else {
         let r = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START)))?;
         Ok(LoadedKernel {
             entry: r.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
@@ -102,8 +118,6 @@ pub fn load_kernel(mem: &GuestMemory, file: &mut File) -> Result<LoadedKernel, L
             setup_header: r.setup_header,
             end: r.kernel_end,
         })
-    } else {
-        Err(LoadError::UnknownFormat)
     }
 }
 

@@ -1,0 +1,212 @@
+//! Turn a `VmConfig` into a VM ready to start: validate the request, create
+//! the KVM VM and its memory, attach the platform devices, load the kernel,
+//! initrd and command line, describe the machine (ACPI, e820) and set up the
+//! vCPUs. Nothing runs until `Vm::run`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arch::regs::{self, EntryMode};
+use devices::legacy::{AcpiPower, ExitPort, PvPanic, Serial, I8042};
+use devices::{Bus, BusDevice, VmEventSink};
+use hypervisor::{Hypervisor, Vcpu};
+use memory::layout;
+use memory::GuestMemory;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::exit::ExitNotifier;
+use crate::vcpu::Buses;
+use crate::{console, Error};
+
+/// xAPIC ids are 8 bits and 0xff is broadcast.
+pub const MAX_VCPUS: usize = 254;
+
+/// A VM that is built and ready to run.
+pub struct Vm {
+    pub(crate) config: VmConfig,
+    // Field order is drop order: vCPUs and the VM go before guest memory.
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) _vm: hypervisor::Vm,
+    pub(crate) _memory: GuestMemory,
+    pub(crate) buses: Arc<Buses>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) serial_input_ready: EventFd,
+    pub(crate) exit: Arc<ExitNotifier>,
+}
+
+fn open_file(path: &Path, what: &'static str) -> Result<File, Error> {
+    let err = |source| Error::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    File::open(path).map_err(err)
+}
+
+fn eventfd() -> Result<EventFd, Error> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+        what: "eventfd",
+        source,
+    })
+}
+
+fn check_vcpus(config: &VmConfig, max: usize) -> Result<(), Error> {
+    let n = usize::from(config.vcpus);
+    if n == 0 || n > max {
+        return Err(Error::Vcpus { requested: n, max });
+    }
+    Ok(())
+}
+
+/// Check everything that can be checked without KVM: vCPU count, memory
+/// size against this host, kernel and initrd files readable, and the kernel
+/// in a format we boot. Used before building, and before handing a config
+/// to another process (the nested rig), so bad input fails fast and clearly.
+pub fn preflight(config: &VmConfig) -> Result<(), Error> {
+    check_vcpus(config, MAX_VCPUS)?;
+    memory::check_size(config.memory_mib)?;
+    let mut kernel = open_file(&config.kernel, "kernel")?;
+    arch::boot::kernel_format(&mut kernel).map_err(|source| Error::Load {
+        what: "kernel",
+        path: config.kernel.clone(),
+        source,
+    })?;
+    if let Some(p) = &config.initrd {
+        open_file(p, "initrd")?;
+    }
+    if let ConsoleConfig::File(path) = &config.console {
+        console::serial_output(&ConsoleConfig::File(path.clone()))?;
+    }
+    Ok(())
+}
+
+/// Build the VM `config` describes.
+pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+    let mut kernel_file = open_file(&config.kernel, "kernel")?;
+    let mut initrd_file = match &config.initrd {
+        Some(p) => Some(open_file(p, "initrd")?),
+        None => None,
+    };
+    preflight(config)?;
+    let hv = Hypervisor::new()?;
+    check_vcpus(config, hv.max_vcpus().min(MAX_VCPUS))?;
+
+    let mut vm = hv.create_vm()?;
+    let mem = memory::create_guest_memory(config.memory_mib)?;
+    for region in mem.iter() {
+        // SAFETY: the regions belong to `mem`, which `Vm` keeps alive for
+        // longer than the KVM VM (see the field order of `Vm`).
+        unsafe {
+            vm.map_memory(
+                region.start_addr().0,
+                region.len(),
+                region.as_ptr() as u64,
+            )?
+        };
+    }
+    vm.setup_platform(layout::KVM_TSS_START)?;
+
+    let exit = Arc::new(ExitNotifier::new().map_err(|source| Error::Io {
+        what: "eventfd",
+        source,
+    })?);
+    let sink: Arc<dyn VmEventSink> = exit.clone();
+    let serial_irq = eventfd()?;
+    vm.register_irqfd(&serial_irq, layout::COM1_IRQ)?;
+    let serial_input_ready = eventfd()?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        serial_irq,
+        serial_input_ready
+            .try_clone()
+            .map_err(|source| Error::Io {
+                what: "eventfd",
+                source,
+            })?,
+        console::serial_output(&config.console)?,
+    )));
+    let mut pio = Bus::new();
+    let platform: [(u16, u64, Arc<Mutex<dyn BusDevice>>); 5] = [
+        (layout::COM1_PORT, 8, serial.clone()),
+        (layout::I8042_PORT, 5, Arc::new(Mutex::new(I8042::new(sink.clone())))),
+        (
+            layout::ACPI_SLEEP_CONTROL_PORT,
+            3,
+            Arc::new(Mutex::new(AcpiPower::new(sink.clone()))),
+        ),
+        (layout::PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(sink.clone())))),
+        (layout::EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort::new(sink)))),
+    ];
+    for (port, len, dev) in platform {
+        pio.insert(u64::from(port), len, dev)?;
+    }
+
+    let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| {
+        Error::Load {
+            what: "kernel",
+            path: config.kernel.clone(),
+            source,
+        }
+    })?;
+    let initrd = match (&mut initrd_file, &config.initrd) {
+        (Some(f), Some(path)) => Some(arch::boot::load_initrd(&mem, f, &kernel).map_err(
+            |source| Error::Load {
+                what: "initrd",
+                path: path.clone(),
+                source,
+            },
+        )?),
+        _ => None,
+    };
+    let cmdline_len = arch::boot::load_kernel_cmdline(&mem, &config.full_cmdline()).map_err(
+        |source| Error::Load {
+            what: "kernel command line",
+            path: Default::default(),
+            source,
+        },
+    )?;
+    let rsdp = arch::acpi::write_acpi_tables(&mem, config.vcpus)?;
+    match kernel.mode {
+        EntryMode::Linux64 => {
+            arch::boot::write_boot_params(&mem, &kernel, initrd, cmdline_len, rsdp)?
+        }
+        EntryMode::Pvh => arch::boot::write_pvh_info(&mem, initrd, rsdp)?,
+    }
+
+    let base_cpuid = hv.supported_cpuid()?;
+    let msrs = arch::msr::boot_msrs()?;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for id in 0..config.vcpus {
+        let vcpu = vm.create_vcpu(u64::from(id))?;
+        let mut cpuid = base_cpuid.clone();
+        arch::cpuid::configure(&mut cpuid, id, config.vcpus);
+        vcpu.set_cpuid(&cpuid)?;
+        vcpu.set_msrs(&msrs)?;
+        regs::setup_fpu(&vcpu)?;
+        regs::setup_lapic(&vcpu)?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&vcpu, &mem, kernel.entry, kernel.mode)?;
+        }
+        vcpus.push(vcpu);
+    }
+
+    Ok(Vm {
+        config: config.clone(),
+        vcpus,
+        _vm: vm,
+        _memory: mem,
+        buses: Arc::new(Buses {
+            pio,
+            mmio: Bus::new(),
+        }),
+        serial,
+        serial_input_ready,
+        exit,
+    })
+}
