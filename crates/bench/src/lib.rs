@@ -14,6 +14,9 @@
 mod guest_elf;
 mod measure;
 mod native;
+// Used by the rig part once the rig crate's API lands.
+#[allow(dead_code)]
+mod rig_script;
 mod stats;
 
 pub use guest_elf::{minimal_guest_elf, MARKER};
@@ -90,6 +93,8 @@ pub enum BenchError {
     },
     #[error("{vmm} exited without printing the guest's marker. Last output: {output}")]
     NoMarker { vmm: String, output: String },
+    #[error("the rig benchmark failed inside L1: {details}")]
+    RigRun { details: String },
     #[error(
         "qemu-system-x86_64 not found on PATH (install qemu-system-x86, or set {})",
         native::QEMU_ENV
