@@ -1,0 +1,147 @@
+//! `vireo run` inside the rig: copy this vireo binary, its libraries and the
+//! guest's kernel and initrd into L1, and run
+//! `vireo run --config /rig/vm.json --emulate=never` there with the guest
+//! console on L1's ttyS0 and its stderr on the control channel.
+
+use std::path::{Path, PathBuf};
+
+use vmm::{ConsoleConfig, VmConfig};
+
+use crate::qemu::{run_l1, L1Run, Ttys0};
+use crate::{add_executable, probe_host_kvm, HostKvm, RigError};
+
+/// L1 paths of what a nested run copies in.
+const L1_VIREO: &str = "/rig/bin/vireo";
+const L1_KERNEL: &str = "/rig/kernel";
+const L1_INITRD: &str = "/rig/initrd";
+const L1_CONFIG: &str = "/rig/vm.json";
+
+/// Boots L1 and runs `config` there with this process's own binary (which
+/// must be `vireo`); returns the inner vireo's exit code. `interactive`
+/// connects the guest console to our terminal both ways.
+pub fn run_nested(config: &VmConfig, interactive: bool) -> Result<i32, RigError> {
+    let exe = std::env::current_exe().map_err(|e| RigError::io(Path::new("/proc/self/exe"), e))?;
+    run_nested_with_binary(config, interactive, &exe)
+}
+
+/// [`run_nested`] with an explicit vireo binary (for callers that are not
+/// the vireo binary themselves, such as tests and benchmarks).
+pub fn run_nested_with_binary(
+    config: &VmConfig,
+    interactive: bool,
+    vireo: &Path,
+) -> Result<i32, RigError> {
+    match probe_host_kvm() {
+        HostKvm::Unusable(why) => eprintln!(
+            "vireo: /dev/kvm here cannot run stock kernels ({why}); running inside the \
+             nested emulation rig (QEMU TCG + KVM), expect slow boots"
+        ),
+        HostKvm::Usable => eprintln!(
+            "vireo: running inside the nested emulation rig (QEMU TCG + KVM) as asked, \
+             expect slow boots"
+        ),
+    }
+    let tmp = guest::cache::temp_dir_for(&std::env::temp_dir().join("vireo-nested"))?;
+    let _cleanup = guest::cache::RemoveOnDrop(Some(tmp.clone()));
+
+    let (inner, mut files) = l1_config(config)?;
+    let json = serde_json::to_vec_pretty(&inner).map_err(|e| RigError::Config(e.to_string()))?;
+    let json_path = tmp.join("vm.json");
+    std::fs::write(&json_path, json).map_err(|e| RigError::io(&json_path, e))?;
+    files.push((json_path, L1_CONFIG.to_string()));
+    add_executable(&mut files, vireo, L1_VIREO)?;
+
+    let console = match (&config.console, interactive) {
+        (ConsoleConfig::Stdio, true) => Ttys0::Interactive,
+        (ConsoleConfig::Stdio, false) => Ttys0::Forward,
+        (ConsoleConfig::Off, _) => Ttys0::Off,
+        (ConsoleConfig::File(p), _) => Ttys0::File(p.clone()),
+    };
+    run_l1(&L1Run {
+        script: run_script(interactive),
+        files,
+        timeout: None,
+        console,
+        memory_mib: None,
+        cpus: u32::from(config.vcpus),
+        forward_log: true,
+    })
+    .map(|o| o.exit_code)
+}
+
+/// The config as seen inside L1 (paths rewritten, console on stdio) and
+/// the files it needs there.
+fn l1_config(config: &VmConfig) -> Result<(VmConfig, Vec<(PathBuf, String)>), RigError> {
+    let mut inner = config.clone();
+    let mut files = Vec::new();
+    check_readable(&config.kernel, "kernel")?;
+    files.push((config.kernel.clone(), L1_KERNEL.to_string()));
+    inner.kernel = PathBuf::from(L1_KERNEL);
+    if let Some(initrd) = &config.initrd {
+        check_readable(initrd, "initrd")?;
+        files.push((initrd.clone(), L1_INITRD.to_string()));
+        inner.initrd = Some(PathBuf::from(L1_INITRD));
+    }
+    inner.console = ConsoleConfig::Stdio;
+    Ok((inner, files))
+}
+
+fn check_readable(path: &Path, what: &str) -> Result<(), RigError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.metadata())
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "the {what} is not a regular file"
+                )))
+            }
+        })
+        .map_err(|e| RigError::io(path, e))
+}
+
+/// `/rig/run.sh` for a nested `vireo run`.
+fn run_script(interactive: bool) -> String {
+    let vireo = format!("{L1_VIREO} run --config {L1_CONFIG} --emulate=never");
+    if interactive {
+        // A new session with ttyS0 as controlling terminal, so the inner
+        // vireo can put it in raw mode and pass every key to the guest.
+        format!("exec setsid -c {vireo} <>/dev/ttyS0 >&0 2>/dev/ttyS1\n")
+    } else {
+        format!("exec {vireo} </dev/null >/dev/ttyS0 2>/dev/ttyS1\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_are_rewritten_for_l1() {
+        let dir = std::env::temp_dir().join(format!("vireo-nested-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join("k");
+        std::fs::write(&k, b"kernel").unwrap();
+        let mut c = VmConfig::new(k.clone());
+        c.console = ConsoleConfig::File("/tmp/out".into());
+        c.vcpus = 2;
+        let (inner, files) = l1_config(&c).unwrap();
+        assert_eq!(inner.kernel, PathBuf::from("/rig/kernel"));
+        assert_eq!(inner.initrd, None);
+        assert_eq!(inner.console, ConsoleConfig::Stdio);
+        assert_eq!(inner.vcpus, 2);
+        assert_eq!(files, [(k, "/rig/kernel".to_string())]);
+
+        c.initrd = Some(dir.join("missing"));
+        let err = l1_config(&c).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_script_routes_streams() {
+        assert!(run_script(false).contains("</dev/null >/dev/ttyS0 2>/dev/ttyS1"));
+        assert!(run_script(true).contains("setsid -c"));
+    }
+}
