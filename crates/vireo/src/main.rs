@@ -1,1 +1,116 @@
-fn main() {}
+//! `vireo`: the command-line front end. It turns flags into a `VmConfig`,
+//! picks how to run it (directly on /dev/kvm, or inside the nested emulation
+//! rig when this host's KVM cannot run stock kernels) and reports the result
+//! as one line and an exit status.
+
+mod cli;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{BenchCommand, Cli, Command, GuestCommand, RunArgs};
+use rig::{EmulateMode, HostKvm};
+
+/// Print one clear line and return the failure status.
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vireo: error: {msg}");
+    ExitCode::from(1)
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let mut req = match args.to_request() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if req.use_default_guest {
+        let g = match guest::ensure_default_guest() {
+            Ok(g) => g,
+            Err(e) => return fail(format!("default guest: {e}")),
+        };
+        req.config.kernel = g.kernel;
+        if req.config.initrd.is_none() {
+            req.config.initrd = Some(g.initrd);
+        }
+        req.config.cmdline = format!("{} {}", guest::DEFAULT_GUEST_CMDLINE, req.config.cmdline)
+            .trim()
+            .to_string();
+    }
+    if !args.command.is_empty() {
+        req.config.cmdline = format!(
+            "{} {}",
+            req.config.cmdline,
+            guest::command_param(&args.command)
+        )
+        .trim()
+        .to_string();
+    }
+    if let Err(e) = vmm::preflight(&req.config) {
+        return fail(e);
+    }
+
+    let emulate = match args.emulate {
+        EmulateMode::Never => false,
+        EmulateMode::Always => true,
+        EmulateMode::Auto => matches!(rig::probe_host_kvm(), HostKvm::Unusable(_)),
+    };
+    if emulate {
+        let interactive = vmm::event_loop::console_is_interactive(&req.config.console);
+        return match rig::run_nested(&req.config, interactive) {
+            Ok(code) => exit_code(code),
+            Err(e) => fail(e),
+        };
+    }
+    match vmm::run(&req.config) {
+        Ok(reason) => {
+            if let Some(msg) = reason.message() {
+                eprintln!("vireo: {msg}");
+            }
+            exit_code(reason.exit_code())
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Guest(GuestCommand::Build) => match guest::rebuild_default_guest() {
+            Ok(g) => {
+                println!("kernel: {}", g.kernel.display());
+                println!("initrd: {}", g.initrd.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("default guest: {e}")),
+        },
+        Command::Bench(BenchCommand::Boot { runs, rig }) => {
+            let vireo = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => return fail(format!("cannot find the vireo binary: {e}")),
+            };
+            let opts = bench::BootBenchOptions { runs, vireo, rig };
+            match bench::run_boot_bench(&opts) {
+                Ok(table) => {
+                    println!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Host => match rig::probe_host_kvm() {
+            HostKvm::Usable => {
+                println!("direct: /dev/kvm can run guests on this host");
+                ExitCode::SUCCESS
+            }
+            HostKvm::Unusable(why) => {
+                println!("emulated: {why}; `vireo run` uses the nested emulation rig");
+                ExitCode::SUCCESS
+            }
+        },
+    }
+}

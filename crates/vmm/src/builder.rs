@@ -21,6 +21,10 @@ use crate::exit::ExitNotifier;
 use crate::vcpu::Buses;
 use crate::{console, Error};
 
+/// Kernel arguments the platform itself needs. There is no PCI bus yet, so
+/// the guest should not look for one (it would log a fatal-sounding error).
+const PLATFORM_CMDLINE: &str = "pci=off";
+
 /// xAPIC ids are 8 bits and 0xff is broadcast.
 pub const MAX_VCPUS: usize = 254;
 
@@ -103,13 +107,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     for region in mem.iter() {
         // SAFETY: the regions belong to `mem`, which `Vm` keeps alive for
         // longer than the KVM VM (see the field order of `Vm`).
-        unsafe {
-            vm.map_memory(
-                region.start_addr().0,
-                region.len(),
-                region.as_ptr() as u64,
-            )?
-        };
+        unsafe { vm.map_memory(region.start_addr().0, region.len(), region.as_ptr() as u64)? };
     }
     vm.setup_platform(layout::KVM_TSS_START)?;
 
@@ -123,36 +121,44 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     let serial_input_ready = eventfd()?;
     let serial = Arc::new(Mutex::new(Serial::new(
         serial_irq,
-        serial_input_ready
-            .try_clone()
-            .map_err(|source| Error::Io {
-                what: "eventfd",
-                source,
-            })?,
+        serial_input_ready.try_clone().map_err(|source| Error::Io {
+            what: "eventfd",
+            source,
+        })?,
         console::serial_output(&config.console)?,
     )));
     let mut pio = Bus::new();
     let platform: [(u16, u64, Arc<Mutex<dyn BusDevice>>); 5] = [
         (layout::COM1_PORT, 8, serial.clone()),
-        (layout::I8042_PORT, 5, Arc::new(Mutex::new(I8042::new(sink.clone())))),
+        (
+            layout::I8042_PORT,
+            5,
+            Arc::new(Mutex::new(I8042::new(sink.clone()))),
+        ),
         (
             layout::ACPI_SLEEP_CONTROL_PORT,
             3,
             Arc::new(Mutex::new(AcpiPower::new(sink.clone()))),
         ),
-        (layout::PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic::new(sink.clone())))),
-        (layout::EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort::new(sink)))),
+        (
+            layout::PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanic::new(sink.clone()))),
+        ),
+        (
+            layout::EXIT_PORT,
+            1,
+            Arc::new(Mutex::new(ExitPort::new(sink))),
+        ),
     ];
     for (port, len, dev) in platform {
         pio.insert(u64::from(port), len, dev)?;
     }
 
-    let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| {
-        Error::Load {
-            what: "kernel",
-            path: config.kernel.clone(),
-            source,
-        }
+    let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Load {
+        what: "kernel",
+        path: config.kernel.clone(),
+        source,
     })?;
     let initrd = match (&mut initrd_file, &config.initrd) {
         (Some(f), Some(path)) => Some(arch::boot::load_initrd(&mem, f, &kernel).map_err(
@@ -164,13 +170,12 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         )?),
         _ => None,
     };
-    let cmdline_len = arch::boot::load_kernel_cmdline(&mem, &config.full_cmdline()).map_err(
-        |source| Error::Load {
+    let cmdline_len = arch::boot::load_kernel_cmdline(&mem, &config.full_cmdline(PLATFORM_CMDLINE))
+        .map_err(|source| Error::Load {
             what: "kernel command line",
             path: Default::default(),
             source,
-        },
-    )?;
+        })?;
     let rsdp = arch::acpi::write_acpi_tables(&mem, config.vcpus)?;
     match kernel.mode {
         EntryMode::Linux64 => {

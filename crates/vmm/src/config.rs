@@ -65,13 +65,16 @@ impl VmConfig {
         }
     }
 
-    /// The full kernel command line: defaults, then the user's additions.
-    pub fn full_cmdline(&self) -> String {
-        if self.cmdline.trim().is_empty() {
-            DEFAULT_CMDLINE.to_string()
-        } else {
-            format!("{DEFAULT_CMDLINE} {}", self.cmdline.trim())
-        }
+    /// The full kernel command line: defaults, then what the platform
+    /// needs (`platform`, from the builder), then the user's additions, so
+    /// the user has the last word.
+    pub fn full_cmdline(&self, platform: &str) -> String {
+        [DEFAULT_CMDLINE, platform.trim(), self.cmdline.trim()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -94,9 +97,13 @@ mod tests {
     #[test]
     fn cmdline_appends_user_part() {
         let mut c = VmConfig::new("/k".into());
-        assert_eq!(c.full_cmdline(), DEFAULT_CMDLINE);
+        assert_eq!(c.full_cmdline(""), DEFAULT_CMDLINE);
         c.cmdline = " quiet ".into();
-        assert_eq!(c.full_cmdline(), format!("{DEFAULT_CMDLINE} quiet"));
+        assert_eq!(c.full_cmdline(""), format!("{DEFAULT_CMDLINE} quiet"));
+        assert_eq!(
+            c.full_cmdline("pci=off"),
+            format!("{DEFAULT_CMDLINE} pci=off quiet")
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl Vm {
         add(self.serial_input_ready.as_raw_fd(), TOKEN_INPUT_READY)?;
         let interactive = self.config.console == ConsoleConfig::Stdio;
         let mut stdin_open = interactive && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
-        let _raw = if interactive { RawTerminal::enable() } else { None };
+        let _raw = if interactive {
+            RawTerminal::enable()
+        } else {
+            None
+        };
 
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             vcpu::spawn(id as u8, vcpu, self.buses.clone(), self.exit.clone())

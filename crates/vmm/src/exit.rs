@@ -54,7 +54,11 @@ impl ExitReason {
             }
             ExitReason::Signal(sig) => Some(format!(
                 "received {}, VM stopped",
-                if *sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" }
+                if *sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
             )),
             ExitReason::ConsoleQuit => Some("console quit (Ctrl-A x), VM stopped".into()),
         }

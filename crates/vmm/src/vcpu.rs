@@ -65,9 +65,9 @@ fn run_once(id: u8, vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_CRASH)) => Some(ExitReason::GuestPanic),
         Ok(VcpuExit::SystemEvent(kind)) => failed(format!("unknown KVM system event {kind}")),
         Ok(VcpuExit::InternalError) => failed("KVM internal error (emulation failed)".into()),
-        Ok(VcpuExit::FailEntry(reason)) => failed(format!(
-            "VM entry failed (hardware reason {reason:#x})"
-        )),
+        Ok(VcpuExit::FailEntry(reason)) => {
+            failed(format!("VM entry failed (hardware reason {reason:#x})"))
+        }
         Ok(VcpuExit::Other(what)) => failed(format!("unexpected exit {what}")),
         Err(e) => failed(e.to_string()),
     }

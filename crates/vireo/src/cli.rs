@@ -1,0 +1,236 @@
+//! The command line: clap definitions, and turning `vireo run`'s flags into
+//! the one `VmConfig` value the VMM builds from.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::{ConsoleConfig, VmConfig};
+
+use crate::size;
+
+#[derive(Parser)]
+#[command(
+    name = "vireo",
+    version,
+    about = "Vireo: a microVM monitor for Linux KVM",
+    long_about = "Vireo boots Linux guests in lightweight KVM virtual machines.\n\n\
+        Run `vireo run` to boot the default guest (a Debian kernel with a busybox shell,\n\
+        prepared on first use and cached), or give your own kernel with --kernel.",
+    after_help = "Examples:\n  \
+        vireo run                                  boot the default guest, interactive shell\n  \
+        vireo run -- uname -a                      run one command in the default guest\n  \
+        vireo run --cpus 2 --memory 1G             two vCPUs, 1 GiB of RAM\n  \
+        vireo run --kernel bzImage --initrd initrd.cpio --cmdline 'rdinit=/bin/sh'\n  \
+        vireo guest build                          prepare the default guest now\n  \
+        vireo bench boot                           boot-time benchmark against QEMU"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Boot a VM and attach to its serial console
+    Run(RunArgs),
+    /// Manage the default guest (kernel and initramfs)
+    #[command(subcommand)]
+    Guest(GuestCommand),
+    /// Benchmarks that compare Vireo with QEMU
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Report whether this host's /dev/kvm can run guests directly
+    Host,
+}
+
+#[derive(Subcommand)]
+pub enum GuestCommand {
+    /// Download the packages and build the default guest (also done on first `vireo run`)
+    Build,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Boot time and memory: Vireo vs QEMU microvm, natively on a tiny guest
+    /// (and with --rig, the Debian guest in the nested emulation rig)
+    Boot {
+        /// Runs per VMM (alternating)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Also run the rig part (slow: boots the emulated L1 machine)
+        #[arg(long)]
+        rig: bool,
+    },
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Console: on a terminal the console is interactive; press Ctrl-A x to quit \
+    (Ctrl-A Ctrl-A sends Ctrl-A).\n\
+    Exit status: 0 when the guest powers off or resets; the command's status with `-- CMD`;\n\
+    1 when the guest panics or crashes, or on an error; 128+N on signal N."
+)]
+pub struct RunArgs {
+    /// Kernel: a bzImage or an ELF vmlinux (PVH entry used when present).
+    /// Without it, the default guest is used.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio archive, optionally compressed)
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line, added after the defaults
+    /// ("console=ttyS0 reboot=k panic=1")
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1 to 254)
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<u8>,
+    /// Guest memory: 512M, 2G, ... (a bare number is MiB) [default: 512M]
+    #[arg(long, value_name = "SIZE", value_parser = size::parse_mib)]
+    pub memory: Option<u64>,
+    /// Serial console: stdio, off, or file=PATH
+    #[arg(long, value_name = "MODE", value_parser = parse_console)]
+    pub console: Option<ConsoleConfig>,
+    /// Run inside the nested emulation rig: auto (when /dev/kvm cannot run
+    /// stock kernels), always, or never
+    #[arg(long, value_name = "WHEN", default_value = "auto")]
+    pub emulate: rig::EmulateMode,
+    /// Read the VM configuration from a JSON file; flags given too override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Command to run in the default guest; vireo exits with its status
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    let bad = || format!("invalid vCPU count '{s}': give a number from 1 to 254");
+    let n: u32 = s.trim().parse().map_err(|_| bad())?;
+    match u8::try_from(n) {
+        Ok(n) if (1..=254).contains(&n) => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
+    match s {
+        "stdio" => Ok(ConsoleConfig::Stdio),
+        "off" => Ok(ConsoleConfig::Off),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(p))),
+            _ => Err(format!(
+                "invalid console '{s}': use stdio, off or file=PATH"
+            )),
+        },
+    }
+}
+
+/// What `vireo run` was asked for: a VM configuration, possibly without a
+/// kernel yet (then the default guest provides it).
+pub struct RunRequest {
+    pub config: VmConfig,
+    pub use_default_guest: bool,
+}
+
+impl RunArgs {
+    /// Merge the config file (if any) and the flags into one `VmConfig`.
+    pub fn to_request(&self) -> Result<RunRequest, String> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?;
+                serde_json::from_str::<VmConfig>(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => VmConfig::new(PathBuf::new()),
+        };
+        if let Some(k) = &self.kernel {
+            config.kernel = k.clone();
+        }
+        let use_default_guest = config.kernel.as_os_str().is_empty();
+        if let Some(i) = &self.initrd {
+            config.initrd = Some(i.clone());
+        }
+        if let Some(c) = &self.cmdline {
+            config.cmdline = c.clone();
+        }
+        if let Some(n) = self.cpus {
+            config.vcpus = n;
+        }
+        if let Some(m) = self.memory {
+            config.memory_mib = m;
+        }
+        if let Some(c) = &self.console {
+            config.console = c.clone();
+        }
+        Ok(RunRequest {
+            config,
+            use_default_guest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(argv: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut full = vec!["vireo", "run"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full)?.command {
+            Command::Run(r) => Ok(r),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_become_one_config() {
+        let r = run_args(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--console",
+            "file=/tmp/c",
+            "--cmdline",
+            "quiet",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let req = r.to_request().unwrap();
+        assert!(!req.use_default_guest);
+        assert_eq!(req.config.vcpus, 2);
+        assert_eq!(req.config.memory_mib, 1024);
+        assert_eq!(req.config.console, ConsoleConfig::File("/tmp/c".into()));
+        assert_eq!(r.command, vec!["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_value_named() {
+        for (flag, val) in [
+            ("--cpus", "0"),
+            ("--cpus", "1000"),
+            ("--memory", "12Q"),
+            ("--console", "tty"),
+        ] {
+            let err = run_args(&[flag, val]).err().unwrap().to_string();
+            assert!(err.contains(val), "{err}");
+        }
+    }
+
+    #[test]
+    fn no_kernel_means_default_guest() {
+        assert!(
+            run_args(&[])
+                .unwrap()
+                .to_request()
+                .unwrap()
+                .use_default_guest
+        );
+    }
+}
