@@ -166,7 +166,7 @@ pub fn run_l1_script(
         files: files.to_vec(),
         timeout: Some(timeout),
         console: qemu::Ttys0::Capture,
-        memory_mib: None,
+        guest_memory_mib: 0,
         cpus: 2,
         forward_log: false,
     })

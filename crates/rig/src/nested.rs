@@ -62,7 +62,7 @@ pub fn run_nested_with_binary(
         files,
         timeout: None,
         console,
-        memory_mib: None,
+        guest_memory_mib: config.memory_mib,
         cpus: u32::from(config.vcpus),
         forward_log: true,
     })

@@ -47,8 +47,10 @@ pub struct L1Run {
     pub files: Vec<(PathBuf, String)>,
     pub timeout: Option<Duration>,
     pub console: Ttys0,
-    /// L1 memory; default: 512 MiB plus twice the size of the image.
-    pub memory_mib: Option<u64>,
+    /// Memory L1 must have free for the VMs it runs itself. L1 gets this
+    /// plus 512 MiB plus twice the image size (the initramfs is held
+    /// twice while it unpacks).
+    pub guest_memory_mib: u64,
     /// L1 vCPUs (at least 2).
     pub cpus: u32,
     /// Forward control-log lines (the inner stderr) to our stderr live.
@@ -113,7 +115,7 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
     let ctl = tmp.join("control.log");
     std::fs::write(&ctl, b"").map_err(|e| RigError::io(&ctl, e))?;
 
-    let memory = run.memory_mib.unwrap_or(512 + 2 * size.div_ceil(1 << 20));
+    let memory = run.guest_memory_mib + 512 + 2 * size.div_ceil(1 << 20);
     let mut cmd = Command::new(&qemu);
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
         .arg("-smp")

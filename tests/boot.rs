@@ -1,0 +1,142 @@
+//! Boots the default guest through `vireo run` (directly, or inside the
+//! nested rig on hosts whose /dev/kvm cannot run stock kernels) and checks
+//! what the guest sees and how vireo exits; plus bad inputs that must fail
+//! fast with one clear error line. Each boot costs about 10 s in the rig,
+//! so checks that can share a boot do.
+
+mod common;
+
+use common::{run_guest, vireo, Outcome, QUICK_TIMEOUT};
+
+/// MemTotal in MiB from a `MemTotal: N kB` line.
+fn mem_total_mib(o: &Outcome) -> u64 {
+    let v = o.value("MemTotal:");
+    let kb: u64 = v
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad MemTotal {v:?}\n{}", o.dump()));
+    kb / 1024
+}
+
+/// The guest reports at least 75% of the memory asked for (the kernel keeps
+/// the rest), and never more.
+fn assert_memory(o: &Outcome, asked_mib: u64) {
+    let seen = mem_total_mib(o);
+    assert!(
+        seen <= asked_mib && seen * 4 >= asked_mib * 3,
+        "MemTotal {seen} MiB is not close to --memory {asked_mib}M\n{}",
+        o.dump()
+    );
+}
+
+const PROBE: &str = "echo nproc: $(nproc); echo cpuinfo: $(grep -c ^processor /proc/cpuinfo); \
+                     grep MemTotal /proc/meminfo; echo cmdline: $(cat /proc/cmdline)";
+
+#[test]
+fn one_vcpu_memory_cmdline_and_exit_status() {
+    let script = format!("{PROBE}; exit 3");
+    let o = run_guest(&[
+        "--cpus",
+        "1",
+        "--memory",
+        "256M",
+        "--cmdline",
+        "vireo.test=xyz",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    // `sh -c 'exit 3'` in the guest: vireo exits 3.
+    o.assert_code(3);
+    assert_eq!(o.value("nproc:"), "1", "{}", o.dump());
+    assert_eq!(o.value("cpuinfo:"), "1", "{}", o.dump());
+    assert_memory(&o, 256);
+    let cmdline = o.value("cmdline:");
+    assert!(
+        cmdline.split_whitespace().any(|w| w == "vireo.test=xyz"),
+        "--cmdline missing from /proc/cmdline\n{}",
+        o.dump()
+    );
+}
+
+#[test]
+fn two_vcpus_and_memory() {
+    let o = run_guest(&["--cpus", "2", "--memory", "768M", "--", "sh", "-c", PROBE]);
+    o.assert_code(0);
+    assert_eq!(o.value("nproc:"), "2", "{}", o.dump());
+    assert_eq!(o.value("cpuinfo:"), "2", "{}", o.dump());
+    assert_memory(&o, 768);
+}
+
+#[test]
+fn poweroff_exits_zero() {
+    run_guest(&["--", "poweroff", "-f"]).assert_code(0);
+}
+
+#[test]
+fn reboot_exits_zero() {
+    run_guest(&["--", "reboot", "-f"]).assert_code(0);
+}
+
+#[test]
+fn guest_panic_exits_nonzero_with_a_clear_line() {
+    let o = run_guest(&["--", "sh", "-c", "echo c > /proc/sysrq-trigger"]);
+    assert!(
+        matches!(o.code, Some(c) if c != 0),
+        "a panic must not exit 0\n{}",
+        o.dump()
+    );
+    assert!(
+        o.stderr
+            .lines()
+            .any(|l| l.starts_with("vireo:") && l.contains("panic")),
+        "no line on stderr says the guest panicked\n{}",
+        o.dump()
+    );
+}
+
+/// A bad invocation fails quickly, non-zero, with exactly one error line
+/// that mentions `needle`.
+fn assert_clear_failure(args: &[&str], needle: &str) {
+    let o = vireo(args, QUICK_TIMEOUT);
+    assert!(
+        matches!(o.code, Some(c) if c != 0),
+        "must fail\n{}",
+        o.dump()
+    );
+    let errors: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.to_lowercase().contains("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "want one error line\n{}", o.dump());
+    assert!(
+        errors[0].contains(needle),
+        "the error line should mention {needle:?}\n{}",
+        o.dump()
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("vireo-boot-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("no-such-kernel");
+    let not_kernel = dir.join("not-a-kernel");
+    std::fs::write(&not_kernel, vec![0x5au8; 64 * 1024]).unwrap();
+
+    assert_clear_failure(
+        &["run", "--kernel", missing.to_str().unwrap()],
+        "no-such-kernel",
+    );
+    assert_clear_failure(
+        &["run", "--kernel", not_kernel.to_str().unwrap()],
+        "not-a-kernel",
+    );
+    assert_clear_failure(&["run", "--memory", "12Q"], "12Q");
+    assert_clear_failure(&["run", "--cpus", "0"], "0");
+    assert_clear_failure(&["run", "--cpus", "1000"], "1000");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

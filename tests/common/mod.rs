@@ -1,0 +1,153 @@
+//! The shared harness of the integration tests: runs the real `vireo`
+//! binary with a timeout, captures its stdout, stderr and exit status, and
+//! says once per test binary which path the boots take (directly on this
+//! host's /dev/kvm, or inside the nested emulation rig).
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// Generous bound for one boot through the rig (about 10 to 15 s each when
+/// run alone; tests run in parallel on a 2-core machine, and the first one
+/// may also fetch and build the default guest).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Bound for commands that must fail before booting anything.
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one `vireo` run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub args: Vec<String>,
+    /// `None` when it was killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// A readable dump for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "vireo {:?}\nexit: {:?} after {:.1?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args, self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+
+    /// Asserts the exit status, showing everything on failure.
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit status\n{}",
+            self.dump()
+        );
+        self
+    }
+
+    /// Stdout lines without the carriage returns the serial console adds.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .collect()
+    }
+
+    /// The value after `key` on the stdout line that starts with it.
+    pub fn value(&self, key: &str) -> &str {
+        self.lines()
+            .into_iter()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no line starting with {key:?}\n{}", self.dump()))
+    }
+}
+
+static BANNER: Once = Once::new();
+
+/// Writes a line straight to stderr: libtest captures `eprintln!` of
+/// passing tests, and these lines should show in every run.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Prints (once) whether boots run directly or in the rig, and why.
+pub fn announce_path() {
+    BANNER.call_once(|| {
+        let line = match rig::probe_host_kvm() {
+            rig::HostKvm::Usable => {
+                "boot tests: direct path (this host's /dev/kvm runs stock kernels)".to_string()
+            }
+            rig::HostKvm::Unusable(why) => {
+                format!("boot tests: emulated path (nested rig: QEMU TCG + KVM), because {why}")
+            }
+        };
+        say(&line);
+    });
+}
+
+/// Runs `vireo ARGS` with no stdin and waits at most `timeout`; a run that
+/// takes longer is killed (its QEMU dies with it) and fails the test.
+pub fn vireo(args: &[&str], timeout: Duration) -> Outcome {
+    announce_path();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the vireo binary");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for vireo") {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let outcome = Outcome {
+        args,
+        code: status.and_then(|s| s.code()),
+        stdout: String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
+        elapsed: start.elapsed(),
+    };
+    assert!(
+        status.is_some(),
+        "vireo did not finish within {timeout:?} and was killed\n{}",
+        outcome.dump()
+    );
+    say(&format!(
+        "  vireo {:?}: exit {:?} in {:.1?}",
+        outcome.args, outcome.code, outcome.elapsed
+    ));
+    outcome
+}
+
+/// `vireo run ARGS` booting the default guest, with the boot timeout.
+pub fn run_guest(args: &[&str]) -> Outcome {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    vireo(&all, BOOT_TIMEOUT)
+}
