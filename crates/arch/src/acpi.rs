@@ -6,8 +6,9 @@
 
 use acpi_tables::{aml, fadt, gas, madt, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
 use memory::layout::{
-    ACPI_END, ACPI_RESET_PORT, ACPI_S5_SLEEP_TYPE, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_START, LAPIC_START, PVPANIC_PORT,
+    ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
+    ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_START, LAPIC_START,
+    PVPANIC_PORT,
 };
 use memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -22,7 +23,6 @@ const OEM_REVISION: u32 = 1;
 /// skips probing for a keyboard controller; `reboot=k` still resets through it).
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-
 
 fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -66,12 +66,7 @@ fn dsdt() -> Vec<u8> {
             &aml::Name::new("_HID".into(), &"QEMU0001"),
             &aml::Name::new(
                 "_CRS".into(),
-                &aml::ResourceTemplate::new(vec![&aml::IO::new(
-                    PVPANIC_PORT,
-                    PVPANIC_PORT,
-                    1,
-                    1,
-                )]),
+                &aml::ResourceTemplate::new(vec![&aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)]),
             ),
         ],
     )

@@ -99,9 +99,13 @@ mod tests {
 
     #[test]
     fn apic_id_and_topology_are_set() {
-        let mut c =
-            CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0x8000_0008, 0)])
-                .unwrap();
+        let mut c = CpuId::from_entries(&[
+            entry(1, 0),
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0x8000_0008, 0),
+        ])
+        .unwrap();
         configure(&mut c, 3, 4);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 3);

@@ -41,7 +41,7 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The KVM segment a GDT entry describes.
 fn segment(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     if g == 1 {
@@ -120,7 +120,12 @@ fn setup_page_tables(mem: &GuestMemory, sregs: &mut kvm_sregs) -> Result<()> {
         write(mem, pd | PDE_PRESENT_RW, PDPTE_START + gib * 8, "PDPT")?;
         for i in 0..512u64 {
             let addr = ((gib << 9) + i) << 21;
-            write(mem, addr | PDE_PRESENT_RW | PDE_HUGE, pd + i * 8, "page directory")?;
+            write(
+                mem,
+                addr | PDE_PRESENT_RW | PDE_HUGE,
+                pd + i * 8,
+                "page directory",
+            )?;
         }
     }
     sregs.cr3 = PML4_START;
@@ -214,7 +219,9 @@ mod tests {
         let mem = memory::create_guest_memory(16).unwrap();
         let mut sregs = kvm_sregs::default();
         setup_page_tables(&mem, &mut sregs).unwrap();
-        let pde: u64 = mem.read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 511 * 8)).unwrap();
+        let pde: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 511 * 8))
+            .unwrap();
         assert_eq!(pde & !0xfff, (4u64 << 30) - (2 << 20));
         assert_eq!(sregs.cr3, PML4_START);
         assert_ne!(sregs.efer & EFER_LMA, 0);

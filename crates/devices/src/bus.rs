@@ -18,7 +18,8 @@ pub enum BusError {
     BadRange { base: u64, len: u64 },
 }
 
-type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+/// A device as the bus holds it: shared with the VMM, locked per access.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 #[derive(Default)]
 pub struct Bus {
@@ -116,6 +117,8 @@ mod tests {
         // An access that straddles the end of a range is not routed.
         let mut w = [0u8; 2];
         assert!(!bus.read(0x13, &mut w));
-        assert!(bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Echo(0)))).is_err());
+        assert!(bus
+            .insert(u64::MAX, 2, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
     }
 }

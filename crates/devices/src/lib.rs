@@ -6,7 +6,7 @@
 pub mod bus;
 pub mod legacy;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 
 /// A VM-wide request from the guest, raised by a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use arch::regs::{self, EntryMode};
 use devices::legacy::{AcpiPower, ExitPort, PvPanic, Serial, I8042};
-use devices::{Bus, BusDevice, VmEventSink};
+use devices::{Bus, SharedDevice, VmEventSink};
 use hypervisor::{Hypervisor, Vcpu};
 use memory::layout;
 use memory::GuestMemory;
@@ -128,7 +128,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         console::serial_output(&config.console)?,
     )));
     let mut pio = Bus::new();
-    let platform: [(u16, u64, Arc<Mutex<dyn BusDevice>>); 5] = [
+    let platform: [(u16, u64, SharedDevice); 5] = [
         (layout::COM1_PORT, 8, serial.clone()),
         (
             layout::I8042_PORT,

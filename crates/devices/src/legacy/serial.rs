@@ -46,7 +46,11 @@ impl Serial {
     /// `input_ready` is signalled when the receive FIFO empties.
     pub fn new(irq: EventFd, input_ready: EventFd, out: Box<dyn Write + Send>) -> Self {
         Serial {
-            uart: vm_superio::Serial::with_events(IrqTrigger(irq), InputEvents { input_ready }, out),
+            uart: vm_superio::Serial::with_events(
+                IrqTrigger(irq),
+                InputEvents { input_ready },
+                out,
+            ),
         }
     }
 
@@ -58,10 +62,8 @@ impl Serial {
     /// Queue bytes for the guest to read; returns how many fit.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.uart.fifo_capacity());
-        match self.uart.enqueue_raw_bytes(&bytes[..n]) {
-            Ok(n) => n,
-            Err(_) => 0,
-        }
+        // An error means the interrupt could not be raised; nothing queued.
+        self.uart.enqueue_raw_bytes(&bytes[..n]).unwrap_or_default()
     }
 }
 
