@@ -85,7 +85,7 @@ pub(crate) fn find_qemu() -> Result<PathBuf, BenchError> {
     which("qemu-system-x86_64").ok_or(BenchError::QemuNotFound)
 }
 
-fn find_qboot() -> Result<PathBuf, BenchError> {
+pub(crate) fn qboot_path() -> Result<PathBuf, BenchError> {
     if let Some(p) = std::env::var_os(QBOOT_ENV) {
         return Ok(PathBuf::from(p));
     }
@@ -173,7 +173,7 @@ fn columns(samples: &[RunSample]) -> [Vec<f64>; 3] {
 
 /// Builds the comparison of `a` against `b` over the three metrics, with
 /// metric names given for "marker" and "exit".
-pub(crate) fn compare(
+pub(crate) fn compare_table(
     a: (&str, &[RunSample]),
     b: (&str, &[RunSample]),
     names: [&str; 3],
@@ -230,11 +230,11 @@ pub fn run_native(opts: &BootBenchOptions) -> Result<String, BenchError> {
     let elf_bytes = minimal_guest_elf();
     let elf = TempFile::write("guest.elf", &elf_bytes)?;
     let vireo = vireo_command(&opts.vireo, &elf.path);
-    let qemu = qemu_command(&find_qemu()?, &find_qboot()?, &elf.path);
+    let qemu = qemu_command(&find_qemu()?, &qboot_path()?, &elf.path);
     let (v, q) = alternate(&vireo, &qemu, opts.runs, |c| {
         measure_run(c, MARKER, TIMEOUTS)
     })?;
-    let table = compare(
+    let table = compare_table(
         ("vireo", &v),
         ("qemu", &q),
         ["spawn -> marker", "spawn -> exit", "peak RSS"],
@@ -324,7 +324,7 @@ mod tests {
     /// both exist here (skipped, with a note, otherwise).
     #[test]
     fn qemu_boots_minimal_guest() {
-        let (Ok(qemu), Ok(qboot)) = (find_qemu(), find_qboot()) else {
+        let (Ok(qemu), Ok(qboot)) = (find_qemu(), qboot_path()) else {
             eprintln!("skipped: no qemu-system-x86_64 or qboot firmware on this host");
             return;
         };

@@ -29,16 +29,15 @@ mkdir -p $D
 if ! [ -r /proc/timer_list ]; then echo "BENCH-FAIL setup: no /proc/timer_list"; exit 1; fi
 now() { { read -r _l; read -r _l; read -r _a _b NOW _r; } < /proc/timer_list; }
 # busybox time -v prints ru_maxrss (already KiB) converted as if it counted
-# pages, i.e. 4x too large; find its scale once against a process whose
-# VmHWM we read ourselves.
-$BB time -v -o $D/cal $BB sh -c 'while read -r k v _; do [ "$k" = VmHWM: ] && echo "$v"; done < /proc/self/status' > $D/hwm
-read -r hwm < $D/hwm
+# pages, i.e. 4x too large. Find its scale once on a process of known size:
+# dd with a 64 MiB buffer that it fills. (Reading our own VmHWM instead is
+# unreliable: 6.1 kernels update small processes' RSS counters lazily.)
+$BB time -v -o $D/cal $BB dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null
 rep=0
 while IFS= read -r k; do case $k in *"Maximum resident set size"*) rep=${k##*: } ;; esac; done < $D/cal
-scale=1
-if [ "${hwm:-0}" -gt 0 ] && [ "$rep" -gt 0 ]; then scale=$(( (rep + hwm / 2) / hwm )); fi
+scale=$(( (rep + 32768) / 65536 ))
 [ "$scale" -ge 1 ] || scale=1
-echo "BENCH-INFO busybox time maxrss scale: $scale (reported $rep KiB, VmHWM $hwm KiB)"
+echo "BENCH-INFO busybox time -v reports ru_maxrss x$scale (64 MiB buffer: $rep KiB)"
 run_one() {
     name=$1; shift
     rm -f $D/out $D/time $D/err

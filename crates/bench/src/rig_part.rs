@@ -1,0 +1,219 @@
+//! The rig boot benchmark: the default Debian guest (kernel + busybox
+//! initramfs) booted by Vireo and by QEMU microvm inside the nested rig's L1
+//! machine, to the point where the guest's init runs `echo` of a marker.
+//!
+//! Both VMMs and the guest are copied into L1 (`rig::run_l1_script`), where
+//! [`crate::rig_script`] alternates the boots and takes the readings. Times in
+//! the rig are inflated by emulation: only the ratios mean anything.
+
+use crate::native::{compare_table, find_qemu, qboot_path};
+use crate::rig_script::{l1_script, parse_results, ScriptVmm, RIG_MARKER};
+use crate::{BenchError, BootBenchOptions};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Rounds in the rig (each boot takes seconds of emulated time), at most.
+pub const RIG_MAX_RUNS: usize = 5;
+
+/// One boot is killed after this long.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Allowance for L1's own boot and shutdown.
+const L1_OVERHEAD: Duration = Duration::from_secs(300);
+
+/// Where things live inside L1.
+const L1_VIREO: &str = "/rig/bench/vireo";
+const L1_QEMU: &str = "/rig/bench/qemu/qemu-system-x86_64";
+const L1_QEMU_DATA: &str = "/rig/bench/qemu/share";
+const L1_KERNEL: &str = "/rig/bench/guest/vmlinuz";
+const L1_INITRD: &str = "/rig/bench/guest/initrd.cpio";
+
+/// QEMU data files microvm needs to boot a bzImage through qboot; the
+/// option ROMs are looked up in `-L` even though qboot loads the kernel.
+const QEMU_DATA_FILES: &[&str] = &["linuxboot_dma.bin", "linuxboot.bin", "pvh.bin"];
+
+/// The guest's command line after Vireo's defaults: the default guest's
+/// extras and the command that prints the marker.
+fn guest_cmdline_extra() -> String {
+    let argv = ["echo".to_string(), RIG_MARKER.to_string()];
+    format!(
+        "{} {}",
+        guest::DEFAULT_GUEST_CMDLINE,
+        guest::command_param(&argv)
+    )
+}
+
+fn vireo_argv() -> Vec<String> {
+    [
+        L1_VIREO,
+        "run",
+        "--kernel",
+        L1_KERNEL,
+        "--initrd",
+        L1_INITRD,
+        "--cmdline",
+        &guest_cmdline_extra(),
+        "--emulate=never",
+        "--memory",
+        "128M",
+        "--console",
+        "stdio",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// QEMU microvm with the same kernel, initrd and full command line as Vireo.
+fn qemu_argv() -> Vec<String> {
+    let append = format!("{} {}", vmm::config::DEFAULT_CMDLINE, guest_cmdline_extra());
+    [
+        L1_QEMU,
+        "-L",
+        L1_QEMU_DATA,
+        "-M",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-device",
+        "i8042",
+        "-no-reboot",
+        "-bios",
+        &format!("{L1_QEMU_DATA}/qboot.rom"),
+        "-kernel",
+        L1_KERNEL,
+        "-initrd",
+        L1_INITRD,
+        "-append",
+        &append,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The files L1 needs: both VMMs with their libraries, QEMU's firmware, and
+/// the guest.
+fn l1_files(
+    vireo: &Path,
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<Vec<(PathBuf, String)>, BenchError> {
+    let mut files = Vec::new();
+    rig::add_executable(&mut files, vireo, L1_VIREO)?;
+    rig::add_executable(&mut files, qemu, L1_QEMU)?;
+    let qboot = qboot_path()?;
+    files.push((qboot.clone(), format!("{L1_QEMU_DATA}/qboot.rom")));
+    let data_dir = qboot.parent().map(Path::to_path_buf).unwrap_or_default();
+    for name in QEMU_DATA_FILES {
+        let p = data_dir.join(name);
+        if p.is_file() {
+            files.push((p, format!("{L1_QEMU_DATA}/{name}")));
+        }
+    }
+    files.push((kernel.to_path_buf(), L1_KERNEL.to_string()));
+    files.push((initrd.to_path_buf(), L1_INITRD.to_string()));
+    Ok(files)
+}
+
+/// The rig part of `vireo bench boot`; returns the printed report.
+pub fn run_rig(opts: &BootBenchOptions) -> Result<String, BenchError> {
+    let runs = opts.runs.min(RIG_MAX_RUNS);
+    if runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let g = guest::ensure_default_guest()?;
+    let qemu = find_qemu()?;
+    let files = l1_files(&opts.vireo, &qemu, &g.kernel, &g.initrd)?;
+    let vireo = ScriptVmm {
+        name: "vireo".into(),
+        argv: vireo_argv(),
+    };
+    let qemu_vmm = ScriptVmm {
+        name: "qemu".into(),
+        argv: qemu_argv(),
+    };
+    let script = l1_script(&vireo, &qemu_vmm, runs, BOOT_TIMEOUT);
+    let boots = u32::try_from(2 * runs + 2).unwrap_or(u32::MAX);
+    let timeout = L1_OVERHEAD + BOOT_TIMEOUT.saturating_mul(boots);
+    let out = rig::run_l1_script(&script, &files, timeout)?;
+    let [v, q] = parse_results(&out.stdout, ["vireo", "qemu"]).map_err(|e| match e {
+        BenchError::RigRun { details } => BenchError::RigRun {
+            details: format!(
+                "{details} (L1 script exit status {}; L1 log tail: {})",
+                out.exit_code,
+                log_tail(&out.log)
+            ),
+        },
+        other => other,
+    })?;
+    let table = compare_table(
+        ("vireo", &v),
+        ("qemu", &q),
+        ["start -> guest init marker", "start -> exit", "peak RSS"],
+    )?;
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "Rig boot: default guest (kernel {}, busybox initramfs) to its init running `echo {RIG_MARKER}`",
+        g.kernel_version
+    );
+    let _ = writeln!(
+        report,
+        "  inside the nested rig's L1 (QEMU TCG, emulated SVM); {runs} runs per VMM, alternating, after one warm-up each"
+    );
+    let _ = writeln!(
+        report,
+        "  times are inflated by emulation: compare the ratios, never quote them as native times"
+    );
+    let _ = writeln!(report, "  vireo: {}", vireo.argv.join(" "));
+    let _ = writeln!(report, "  qemu:  {}", qemu_vmm.argv.join(" "));
+    for info in out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once("BENCH-INFO "))
+    {
+        let _ = writeln!(report, "  note: {}", info.1.trim());
+    }
+    report.push('\n');
+    report.push_str(&table.render());
+    Ok(report)
+}
+
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_vmms_get_the_same_guest_command_line() {
+        let v = vireo_argv();
+        let q = qemu_argv();
+        let cmdline = &v[v.iter().position(|a| a == "--cmdline").expect("--cmdline") + 1];
+        let append = &q[q.iter().position(|a| a == "-append").expect("-append") + 1];
+        assert_eq!(
+            *append,
+            format!("{} {cmdline}", vmm::config::DEFAULT_CMDLINE)
+        );
+        assert!(cmdline.contains("vireo.cmd="), "{cmdline}");
+        // The marker must not appear literally on the command line, or a
+        // kernel echoing its command line would fake it.
+        assert!(!append.contains(RIG_MARKER));
+    }
+}
