@@ -181,3 +181,59 @@ fn bad_input_is_refused_with_one_clear_line() {
         assert_refused(&args, needle);
     }
 }
+
+/// The minimal guest with its reset replaced by NOPs: it prints the marker
+/// and then halts forever, so only a signal can end the VM.
+fn halting_guest() -> PathBuf {
+    let mut elf = bench::minimal_guest_elf();
+    let reset = [0xb0, 0xfe, 0xe6, 0x64]; // mov al, 0xfe; out 0x64, al
+    let at: Vec<usize> = (0..elf.len() - 3)
+        .filter(|&i| elf[i..i + 4] == reset)
+        .collect();
+    assert_eq!(at.len(), 1, "reset sequence not found exactly once");
+    elf[at[0]..at[0] + 4].fill(0x90);
+    scratch("halting.elf", &elf)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_cleanly() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return;
+    }
+    let elf = halting_guest();
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .args(["run", "--kernel", elf.to_str().unwrap(), "--emulate=never"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the marker, so the signal reaches a running VM.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("VIREO-BENCH-MARKER") {
+            let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+            assert!(n > 0, "vireo ended before the marker");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not stop vireo"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(128 + sig), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
