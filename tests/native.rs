@@ -37,8 +37,12 @@ fn scratch(name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
+/// Written once: tests run in parallel and must not rewrite a file another
+/// test is booting.
 fn minimal_guest() -> PathBuf {
-    scratch("minimal.elf", &bench::minimal_guest_elf())
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| scratch("minimal.elf", &bench::minimal_guest_elf()))
+        .clone()
 }
 
 /// Fails with a non-zero status and exactly one line on stderr that
