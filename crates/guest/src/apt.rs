@@ -123,6 +123,7 @@ pub fn download(package: &str, debs: &Path) -> Result<PathBuf, GuestError> {
     }
     std::fs::create_dir_all(debs).map_err(|e| GuestError::io(debs, e))?;
     eprintln!("vireo: downloading {package} {version} ({})", human(size));
+    crate::cache::sweep_stale(debs, package);
     let tmp = temp_dir_for(&debs.join(package))?;
     let _cleanup = RemoveOnDrop(Some(tmp.clone()));
     let mut cmd = Command::new("apt-get");

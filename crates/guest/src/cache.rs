@@ -97,6 +97,35 @@ pub fn temp_dir_for(target: &Path) -> Result<PathBuf, GuestError> {
     }
 }
 
+/// Removes leftovers of [`temp_dir_for`] in `dir` whose names start with
+/// `.tmp-{stem}-` and whose creating process is gone (killed before it
+/// could clean up). Best effort: errors are ignored.
+pub fn sweep_stale(dir: &Path, stem: &str) {
+    let prefix = format!(".tmp-{stem}");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // `<more of the name>-<pid>-<n>`: the pid is the second-last field.
+        let Some(pid) = rest.rsplit('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 0 || pid == std::process::id() as i32 {
+            continue;
+        }
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Moves a finished build `tmp` to `target`, replacing an older `target`.
 /// Call with the lock held.
 pub fn publish(tmp: &Path, target: &Path) -> Result<(), GuestError> {
@@ -161,6 +190,19 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+
+        // A leftover of a process that no longer exists is swept; ours and
+        // unrelated names are kept. Pid 0x7fff_fff0 is above pid_max.
+        let dead = base.join(".tmp-art-2147483632-0");
+        let mine = temp_dir_for(&target).unwrap();
+        let other = base.join(".tmp-other-2147483632-0");
+        for d in [&dead, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        sweep_stale(&base, "art");
+        assert!(!dead.exists());
+        assert!(mine.exists());
+        assert!(other.exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -174,6 +174,9 @@ fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
     let kernel_deb = apt::download(&kernel_pkg, &debs)?;
     let busybox_deb = apt::download("busybox-static", &debs)?;
 
+    if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+        cache::sweep_stale(parent, &name.to_string_lossy());
+    }
     let tmp = temp_dir_for(dir)?;
     let mut cleanup = RemoveOnDrop(Some(tmp.clone()));
     let x = tmp.join("x");

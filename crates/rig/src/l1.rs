@@ -87,6 +87,9 @@ pub fn ensure_base() -> Result<L1Base, RigError> {
         return Ok(base);
     }
     eprintln!("vireo: building the rig's L1 image in {}", dir.display());
+    if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+        guest::cache::sweep_stale(parent, &name.to_string_lossy());
+    }
     let tmp = temp_dir_for(&dir)?;
     let mut cleanup = RemoveOnDrop(Some(tmp.clone()));
     write_base(&g, &tmp.join("base.cpio"))?;

@@ -108,6 +108,9 @@ fn which(name: &str) -> Option<PathBuf> {
 pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
     let qemu = find_qemu()?;
     let base = ensure_base()?;
+    // Runs killed with SIGKILL leave their image behind; remove those.
+    guest::cache::sweep_stale(&std::env::temp_dir(), "vireo-rig");
+    guest::cache::sweep_stale(&std::env::temp_dir(), "vireo-nested");
     let tmp = temp_dir_for(&std::env::temp_dir().join("vireo-rig"))?;
     let _cleanup = RemoveOnDrop(Some(tmp.clone()));
     let initrd = tmp.join("l1.cpio");
