@@ -25,6 +25,18 @@ pub enum ConsoleConfig {
     File(PathBuf),
 }
 
+/// A virtio-blk disk backed by a raw image file (or a host block device).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Shown to the guest by GET_ID (/sys/block/vdX/serial); at most 20 bytes.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
 /// Everything needed to build one VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +54,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -62,6 +77,7 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory_mib(),
             console: ConsoleConfig::default(),
+            disks: Vec::new(),
         }
     }
 
