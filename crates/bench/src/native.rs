@@ -69,6 +69,21 @@ pub fn kvm_backend() -> &'static str {
     }
 }
 
+/// The host's load average and CPU count, to judge how noisy a run was.
+pub fn host_load() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let avg: Vec<&str> = load.split_whitespace().take(3).collect();
+    if avg.len() == 3 {
+        format!(
+            "load average {} {} {} on {cpus} CPUs",
+            avg[0], avg[1], avg[2]
+        )
+    } else {
+        format!("{cpus} CPUs, load unknown")
+    }
+}
+
 /// Finds `name` on PATH.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -231,6 +246,7 @@ pub fn run_native(opts: &BootBenchOptions) -> Result<String, BenchError> {
     let elf = TempFile::write("guest.elf", &elf_bytes)?;
     let vireo = vireo_command(&opts.vireo, &elf.path);
     let qemu = qemu_command(&find_qemu()?, &qboot_path()?, &elf.path);
+    let load_before = host_load();
     let (v, q) = alternate(&vireo, &qemu, opts.runs, |c| {
         measure_run(c, MARKER, TIMEOUTS)
     })?;
@@ -252,6 +268,7 @@ pub fn run_native(opts: &BootBenchOptions) -> Result<String, BenchError> {
         kvm_backend(),
         opts.runs
     );
+    let _ = writeln!(out, "  host before: {load_before}; after: {}", host_load());
     let _ = writeln!(out, "  vireo: {}", vireo.display());
     let _ = writeln!(out, "  qemu:  {}", qemu.display());
     out.push('\n');
