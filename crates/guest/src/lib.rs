@@ -271,7 +271,7 @@ fn write_initrd(
     w.symlink("/bin/sh", "busybox").map_err(io)?;
     w.file("/init", 0o755, init::init_script(order).as_bytes())
         .map_err(io)?;
-    w.file("/etc/profile", 0o644, init::PROFILE.as_bytes())
+    w.file("/etc/shrc", 0o644, init::SHRC.as_bytes())
         .map_err(io)?;
     w.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
         .map_err(io)?;
