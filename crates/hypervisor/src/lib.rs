@@ -9,8 +9,9 @@ mod vm;
 pub use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
 };
+pub use kvm_ioctls::IoEventAddress;
 pub use vcpu::{Vcpu, VcpuExit};
-pub use vm::Vm;
+pub use vm::{GsiRoute, IrqChip, Vm, IOAPIC_PINS};
 
 use kvm_ioctls::{Cap, Kvm};
 
