@@ -52,3 +52,36 @@ pub const EXIT_PORT: u16 = 0x506;
 /// SLP_TYP for S5 (soft off) that the DSDT's \_S5 object advertises and the
 /// sleep control register acts on.
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// PCI. The 32-bit hole holds the 32-bit BAR window and the ECAM region;
+/// 64-bit BARs go in a window above the end of RAM (`pci_mmio64_window`).
+pub const PCI_MMIO_32_START: u64 = MMIO_32_START;
+pub const PCI_MMIO_32_SIZE: u64 = 0x2000_0000;
+/// ECAM (PCIe enhanced configuration access) for bus 0 only: 1 MiB, 4 KiB
+/// per function. Described by the ACPI MCFG table and reserved in e820.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// The last PCI bus number the ECAM region covers.
+pub const PCI_LAST_BUS: u8 = 0;
+/// Legacy PCI configuration mechanism #1: address at 0xcf8, data at 0xcfc.
+pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_IO_PORT_SIZE: u64 = 8;
+/// Size of the 64-bit BAR window above RAM.
+pub const PCI_MMIO_64_SIZE: u64 = 64 << 30;
+/// The 64-bit window starts on this alignment past the end of RAM.
+pub const PCI_MMIO_64_ALIGN: u64 = 1 << 30;
+/// GSIs 0..24 are the IOAPIC's pins; MSI vectors use GSIs from here on.
+pub const FIRST_MSI_GSI: u32 = 24;
+/// Last GSI handed out (KVM allows up to 4096 routes).
+pub const LAST_MSI_GSI: u32 = 4095;
+
+/// The 64-bit PCI BAR window (start, size) for a guest with `ram_mib` MiB
+/// of RAM: at or above 4 GiB, aligned, past the last byte of RAM.
+pub fn pci_mmio64_window(ram_mib: u64) -> (u64, u64) {
+    let high_ram = ram_mib
+        .saturating_mul(1 << 20)
+        .saturating_sub(MMIO_32_START);
+    let end = RAM_64_START.saturating_add(high_ram);
+    let start = end.div_ceil(PCI_MMIO_64_ALIGN) * PCI_MMIO_64_ALIGN;
+    (start, PCI_MMIO_64_SIZE)
+}

@@ -5,6 +5,7 @@
 //! 32-bit hole (IOAPIC, LAPIC, future PCI BARs and ECAM, KVM's TSS pages);
 //! RAM beyond 3 GiB continues at 4 GiB.
 
+pub mod allocator;
 pub mod layout;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
