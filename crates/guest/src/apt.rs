@@ -2,6 +2,7 @@
 //! kernel package, download `.deb` files into the cache (`apt-get download`
 //! needs no root) and unpack them with `dpkg-deb -x`.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -130,8 +131,7 @@ pub fn download(package: &str, debs: &Path) -> Result<PathBuf, GuestError> {
     cmd.arg("download").arg("-q");
     // apt drops to the `_apt` user for downloads, which cannot write into a
     // root-owned cache dir and warns; as root, download as root directly.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         cmd.args(["-o", "APT::Sandbox::User=root"]);
     }
     let status = cmd
@@ -158,6 +158,37 @@ pub fn download(package: &str, debs: &Path) -> Result<PathBuf, GuestError> {
     let dest = debs.join(name);
     std::fs::rename(&got, &dest).map_err(|e| GuestError::io(&dest, e))?;
     Ok(dest)
+}
+
+/// Whether we run as root (and so may run `apt-get update`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Refreshes the package lists (`apt-get update`), showing apt's progress.
+pub fn update() -> Result<(), GuestError> {
+    eprintln!("vireo: refreshing the apt package lists (apt-get update)");
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| GuestError::io(Path::new("stderr"), e))?;
+    let status = Command::new("apt-get")
+        .args(["update", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .status()
+        .map_err(|e| GuestError::Tool {
+            tool: "apt-get".into(),
+            why: format!("cannot run it ({e})"),
+        })?;
+    if !status.success() {
+        return Err(GuestError::Tool {
+            tool: "apt-get".into(),
+            why: format!("`apt-get update` failed ({status})"),
+        });
+    }
+    Ok(())
 }
 
 fn find_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>, GuestError> {

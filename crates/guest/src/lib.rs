@@ -170,9 +170,21 @@ fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
     eprintln!("vireo: building the default guest in {}", dir.display());
     let root = cache_root()?;
     let debs = root.join("debs");
-    let kernel_pkg = apt::newest_cloud_kernel()?;
-    let kernel_deb = apt::download(&kernel_pkg, &debs)?;
-    let busybox_deb = apt::download("busybox-static", &debs)?;
+    let fetch = || -> Result<_, GuestError> {
+        let kernel_pkg = apt::newest_cloud_kernel()?;
+        let kernel_deb = apt::download(&kernel_pkg, &debs)?;
+        let busybox_deb = apt::download("busybox-static", &debs)?;
+        Ok((kernel_pkg, kernel_deb, busybox_deb))
+    };
+    // Missing or stale package lists are the usual cause of an unavailable
+    // package; as root, refresh them once and try again.
+    let (kernel_pkg, kernel_deb, busybox_deb) = match fetch() {
+        Err(GuestError::Unavailable { .. }) if apt::is_root() => {
+            apt::update()?;
+            fetch()?
+        }
+        other => other?,
+    };
 
     if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
         cache::sweep_stale(parent, &name.to_string_lossy());

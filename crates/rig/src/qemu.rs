@@ -8,6 +8,7 @@
 //! we are killed with SIGKILL; the temp dir is removed on every path.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,8 +95,6 @@ pub fn find_qemu() -> Result<PathBuf, RigError> {
         Err(e) => Err(RigError::NoQemu(format!(" (cannot run apt-get: {e})"))),
     }
 }
-
-use std::os::fd::AsFd;
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
