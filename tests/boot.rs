@@ -82,7 +82,20 @@ fn reboot_exits_zero() {
 
 #[test]
 fn guest_panic_exits_nonzero_with_a_clear_line() {
-    let o = run_guest(&["--", "sh", "-c", "echo c > /proc/sysrq-trigger"]);
+    // The console goes to a file here, which also checks --console file=.
+    let console = std::env::temp_dir().join(format!("vireo-panic-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&console);
+    let console_arg = format!("file={}", console.display());
+    let o = run_guest(&[
+        "--console",
+        &console_arg,
+        "--",
+        "sh",
+        "-c",
+        "echo panicking now; echo c > /proc/sysrq-trigger",
+    ]);
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
     assert!(
         matches!(o.code, Some(c) if c != 0),
         "a panic must not exit 0\n{}",
@@ -93,6 +106,16 @@ fn guest_panic_exits_nonzero_with_a_clear_line() {
             .lines()
             .any(|l| l.starts_with("vireo:") && l.contains("panic")),
         "no line on stderr says the guest panicked\n{}",
+        o.dump()
+    );
+    assert!(
+        log.contains("panicking now") && log.contains("Kernel panic"),
+        "the console file lacks the guest's output\n{log}\n{}",
+        o.dump()
+    );
+    assert!(
+        !o.stdout.contains("panicking now"),
+        "console output leaked to stdout\n{}",
         o.dump()
     );
 }
