@@ -355,4 +355,44 @@ mod tests {
             .expect("QEMU boots the minimal guest, prints the marker and exits 0");
         assert!(s.marker <= s.exit && s.max_rss_kib > 0, "{s:?}");
     }
+
+    /// The whole native benchmark, with QEMU standing in for Vireo (a script
+    /// that takes `vireo run`'s arguments and execs QEMU on the kernel).
+    #[test]
+    fn run_native_end_to_end_with_a_stand_in() {
+        let (Ok(qemu), Ok(qboot)) = (find_qemu(), qboot_path()) else {
+            eprintln!("skipped: no qemu-system-x86_64 or qboot firmware on this host");
+            return;
+        };
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        // `vireo run --kernel ELF ...`: the ELF is $3.
+        let q = qemu_command(&qemu, &qboot, Path::new("KERNEL"));
+        let line = q.display().replace("KERNEL", "\"$3\"");
+        let script = TempFile::write(
+            "stand-in.sh",
+            format!("#!/bin/sh\nexec {line}\n").as_bytes(),
+        )
+        .expect("temp file");
+        let mut perms = std::fs::metadata(&script.path).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&script.path, perms).expect("chmod");
+        let opts = BootBenchOptions {
+            runs: 2,
+            vireo: script.path.clone(),
+            rig: false,
+        };
+        let report = run_native(&opts).expect("benchmark runs");
+        for want in [
+            "spawn -> marker (ms)",
+            "spawn -> exit (ms)",
+            "peak RSS (MiB)",
+            "vireo/qemu",
+            "Firecracker",
+        ] {
+            assert!(report.contains(want), "missing {want:?} in\n{report}");
+        }
+    }
 }

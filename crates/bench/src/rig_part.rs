@@ -7,7 +7,7 @@
 //! the rig are inflated by emulation: only the ratios mean anything.
 
 use crate::native::{compare_table, find_qemu, qboot_path};
-use crate::rig_script::{l1_script, parse_results, ScriptVmm, RIG_MARKER};
+use crate::rig_script::{l1_script, parse_results, sh_display, ScriptVmm, RIG_MARKER};
 use crate::{BenchError, BootBenchOptions};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -178,8 +178,8 @@ pub fn run_rig(opts: &BootBenchOptions) -> Result<String, BenchError> {
         report,
         "  times are inflated by emulation: compare the ratios, never quote them as native times"
     );
-    let _ = writeln!(report, "  vireo: {}", vireo.argv.join(" "));
-    let _ = writeln!(report, "  qemu:  {}", qemu_vmm.argv.join(" "));
+    let _ = writeln!(report, "  vireo: {}", sh_display(&vireo.argv));
+    let _ = writeln!(report, "  qemu:  {}", sh_display(&qemu_vmm.argv));
     for info in out
         .stdout
         .lines()

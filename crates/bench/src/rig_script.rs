@@ -85,6 +85,21 @@ pub fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// `argv` as a shell command line for people to read: words quoted only
+/// where the shell needs it.
+pub fn sh_display(argv: &[String]) -> String {
+    let plain = |w: &str| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./=,:+-@%".contains(c))
+    };
+    let words: Vec<String> = argv
+        .iter()
+        .map(|w| if plain(w) { w.clone() } else { sh_quote(w) })
+        .collect();
+    words.join(" ")
+}
+
 fn sh_words(argv: &[String]) -> String {
     argv.iter()
         .map(|w| sh_quote(w))

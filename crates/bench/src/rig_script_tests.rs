@@ -78,6 +78,11 @@ BENCH-FAIL qemu stderr: could not open /dev/kvm\nBENCH-DONE\n";
 #[test]
 fn quoting_survives_the_shell() {
     assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    let argv = ["/x/vireo", "--cmdline", "quiet a=b", "--memory", "128M", ""].map(String::from);
+    assert_eq!(
+        sh_display(&argv),
+        "/x/vireo --cmdline 'quiet a=b' --memory 128M ''"
+    );
 }
 
 #[test]
