@@ -1,0 +1,475 @@
+//! The device thread of an activated block device.
+//!
+//! It waits (epoll) on the kick eventfd of every ready queue, the engine's
+//! completion eventfd and a stop eventfd. A kick drains that queue: each
+//! chain is parsed (`request.rs`) into a free slot and pushed to the engine;
+//! one `submit` starts the whole batch. Completions write the status byte
+//! and add the chain to the used ring; after each batch every queue that
+//! gained used entries is signalled once (or not at all when EVENT_IDX says
+//! the driver does not want it yet).
+//!
+//! The number of slots bounds the requests in flight: when they run out a
+//! queue stops popping and resumes as completions free slots. A queue is
+//! served at most one queue-size worth of chains per turn so a stop request
+//! is never starved by a guest that keeps submitting.
+
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::disk::{self, Disk};
+use super::engine::{Completion, Engine, Op};
+use super::metrics::BlockMetrics;
+use super::request::{self, ChainBuf, DiskInfo, RequestError, RequestKind};
+use crate::virtio::{GuestMemory, Interrupt};
+
+const TOKEN_STOP: u64 = u64::MAX;
+const TOKEN_ENGINE: u64 = u64::MAX - 1;
+
+const STATUS_OK: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
+const STATUS_IOERR: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8;
+
+/// A queue the worker serves: its index (for `Interrupt::signal_queue`),
+/// the queue, and its kick eventfd (None when driven by `run_once`).
+pub struct WorkerQueue {
+    pub index: u16,
+    pub queue: Queue,
+    pub kick: Option<EventFd>,
+}
+
+struct QueueState {
+    index: u16,
+    queue: Queue,
+    kick: Option<EventFd>,
+    /// Used entries added since the last signal.
+    added: bool,
+    /// Stopped popping because no slot was free.
+    blocked: bool,
+    /// Has (or may have) available chains not yet looked at.
+    more: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    queue: usize,
+    head: u16,
+    status: GuestAddress,
+    kind: Option<RequestKind>,
+    data_len: u32,
+    buf: ChainBuf,
+}
+
+/// Serves a block device's queues; see the module comment.
+pub struct Worker {
+    mem: GuestMemory,
+    disk: Arc<Disk>,
+    info: DiskInfo,
+    queues: Vec<QueueState>,
+    interrupt: Arc<dyn Interrupt>,
+    engine: Engine,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    completions: Vec<Completion>,
+    metrics: Arc<BlockMetrics>,
+    /// FLUSH was not negotiated: the device must be write-through, so every
+    /// write is followed by fdatasync.
+    write_through: bool,
+}
+
+impl Worker {
+    pub fn new(
+        mem: GuestMemory,
+        disk: Arc<Disk>,
+        queues: Vec<WorkerQueue>,
+        interrupt: Arc<dyn Interrupt>,
+        engine: Engine,
+        metrics: Arc<BlockMetrics>,
+        write_through: bool,
+    ) -> Self {
+        let depth: usize = queues.iter().map(|q| usize::from(q.queue.size())).sum();
+        let depth = depth.max(1);
+        let info = DiskInfo {
+            capacity_sectors: disk.capacity_sectors(),
+            readonly: disk.readonly(),
+        };
+        Worker {
+            mem,
+            disk,
+            info,
+            queues: queues
+                .into_iter()
+                .map(|q| QueueState {
+                    index: q.index,
+                    queue: q.queue,
+                    kick: q.kick,
+                    added: false,
+                    blocked: false,
+                    more: true,
+                })
+                .collect(),
+            interrupt,
+            engine,
+            slots: (0..depth).map(|_| Slot::default()).collect(),
+            free: (0..depth as u32).rev().collect(),
+            completions: Vec::with_capacity(depth),
+            metrics,
+            write_through,
+        }
+    }
+
+    /// The number of requests that can be in flight at once.
+    pub fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Serve everything available now, wait for the engine to finish it, and
+    /// signal: one synchronous round, for tests and the fuzz target.
+    pub fn run_once(&mut self) {
+        loop {
+            for qi in 0..self.queues.len() {
+                self.queues[qi].more = true;
+                self.process_queue(qi);
+            }
+            self.pump();
+            if self.engine.in_flight() > 0 {
+                self.engine.drain(&mut self.completions);
+                self.handle_completions();
+            }
+            self.signal();
+            if !self.queues.iter().any(|q| q.more || q.blocked) {
+                return;
+            }
+        }
+    }
+
+    /// The device thread's loop; returns when `stop` is signalled (after
+    /// waiting for the I/O still in flight) or on a fatal epoll error.
+    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
+        let epoll = Epoll::new()?;
+        let add = |fd, token| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(stop.as_raw_fd(), TOKEN_STOP)?;
+        if let Some(fd) = self.engine.event_fd() {
+            add(fd, TOKEN_ENGINE)?;
+        }
+        for (qi, q) in self.queues.iter().enumerate() {
+            if let Some(kick) = &q.kick {
+                add(kick.as_raw_fd(), qi as u64)?;
+            }
+        }
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
+        // Chains made available before activation are served right away.
+        let mut timeout = 0;
+        loop {
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return Ok(()),
+                    TOKEN_ENGINE => {}
+                    qi => {
+                        if let Some(q) = self.queues.get_mut(qi as usize) {
+                            if let Some(kick) = &q.kick {
+                                let _ = kick.read();
+                            }
+                            q.more = true;
+                        }
+                    }
+                }
+            }
+            for qi in 0..self.queues.len() {
+                if self.queues[qi].more {
+                    self.process_queue(qi);
+                }
+            }
+            self.pump();
+            self.signal();
+            timeout = if self.queues.iter().any(|q| q.more) {
+                0
+            } else {
+                -1
+            };
+        }
+    }
+
+    /// Pop up to one queue-size of chains from queue `qi`, parse them and
+    /// start them.
+    fn process_queue(&mut self, qi: usize) {
+        let q = &mut self.queues[qi];
+        q.blocked = false;
+        q.more = false;
+        let mut budget = q.queue.size();
+        loop {
+            let _ = self.queues[qi].queue.disable_notification(&self.mem);
+            loop {
+                if budget == 0 {
+                    self.queues[qi].more = true;
+                    return;
+                }
+                let Some(slot_id) = self.free.pop() else {
+                    self.queues[qi].blocked = true;
+                    return;
+                };
+                let Some(chain) = self.queues[qi].queue.pop_descriptor_chain(&self.mem) else {
+                    self.free.push(slot_id);
+                    break;
+                };
+                budget -= 1;
+                let head = chain.head_index();
+                let slot = &mut self.slots[slot_id as usize];
+                match request::parse(chain, &self.mem, self.info, &mut slot.buf) {
+                    Ok(req) => {
+                        slot.queue = qi;
+                        slot.head = head;
+                        slot.status = req.status;
+                        slot.kind = Some(req.kind);
+                        slot.data_len = req.data_len;
+                        self.start(slot_id);
+                    }
+                    Err(rejected) => {
+                        self.free.push(slot_id);
+                        self.count_rejection(&rejected.error);
+                        self.complete(qi, head, rejected.status, rejected.error.status(), 0);
+                    }
+                }
+            }
+            // Re-enable notifications; if chains arrived meanwhile, go on.
+            match self.queues[qi].queue.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Start the request parsed into `slot_id`.
+    fn start(&mut self, slot_id: u32) {
+        let slot = &mut self.slots[slot_id as usize];
+        let (qi, head, status) = (slot.queue, slot.head, slot.status);
+        let op = match slot.kind {
+            Some(RequestKind::Read { offset }) => Op::Read { offset },
+            Some(RequestKind::Write { offset }) => Op::Write { offset },
+            Some(RequestKind::Flush) => Op::Flush,
+            Some(RequestKind::Discard { offset, len }) if len > 0 => Op::Discard { offset, len },
+            Some(RequestKind::WriteZeroes { offset, len, unmap }) if len > 0 => {
+                Op::WriteZeroes { offset, len, unmap }
+            }
+            Some(RequestKind::GetId) => {
+                BlockMetrics::add(&self.metrics.get_ids, 1);
+                let written = request::scatter(&self.mem, &slot.buf.data, self.disk.id());
+                self.free.push(slot_id);
+                match written {
+                    Ok(n) => self.complete(qi, head, Some(status), STATUS_OK, n),
+                    Err(_) => self.complete(qi, head, Some(status), STATUS_IOERR, 0),
+                }
+                return;
+            }
+            // Zero-length discard / write-zeroes: nothing to do.
+            _ => {
+                self.free.push(slot_id);
+                self.complete(qi, head, Some(status), STATUS_OK, 0);
+                return;
+            }
+        };
+        // SAFETY: the iovecs live in this slot's buffer, which is neither
+        // touched nor reallocated until the slot's completion is handled
+        // (the slot is off the free list until then); they point into guest
+        // memory that `self.mem` keeps mapped, and the engine is drained
+        // before the worker (and so `self.mem`) goes away.
+        let pushed = unsafe { self.engine.push(slot_id, op, &mut slot.buf.iovecs) };
+        if pushed.is_err() {
+            BlockMetrics::add(&self.metrics.io_errors, 1);
+            self.free.push(slot_id);
+            self.complete(qi, head, Some(status), STATUS_IOERR, 0);
+        }
+    }
+
+    /// Submit what was queued and handle completions until none are ready;
+    /// queues that ran out of slots are served again as slots free up.
+    fn pump(&mut self) {
+        loop {
+            // A failed submit (EBUSY/EAGAIN with a full completion queue)
+            // leaves the entries queued; reaping below makes room.
+            let _ = self.engine.submit();
+            self.engine.reap(&mut self.completions);
+            if self.completions.is_empty() {
+                return;
+            }
+            self.handle_completions();
+            for qi in 0..self.queues.len() {
+                if self.queues[qi].blocked {
+                    self.process_queue(qi);
+                }
+            }
+        }
+    }
+
+    fn handle_completions(&mut self) {
+        let mut batch = std::mem::take(&mut self.completions);
+        for c in batch.drain(..) {
+            self.on_completion(c);
+        }
+        self.completions = batch;
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let Some(slot) = self.slots.get_mut(c.token as usize) else {
+            return;
+        };
+        let Some(kind) = slot.kind.take() else {
+            return;
+        };
+        let res = c.result;
+        let data_len = slot.data_len;
+        let disk = &self.disk;
+        let m = &self.metrics;
+        let outcome: io::Result<u32> = match kind {
+            RequestKind::Read { offset } | RequestKind::Write { offset } => {
+                let write = matches!(kind, RequestKind::Write { .. });
+                let done = if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else if res as u32 >= data_len {
+                    Ok(())
+                } else if res == 0 {
+                    Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+                } else {
+                    // Short transfer: finish it here.
+                    let mut start = 0;
+                    disk::advance_iovecs(&mut slot.buf.iovecs, &mut start, res as usize);
+                    disk.rw_vectored(write, &mut slot.buf.iovecs[start..], offset + res as u64)
+                        .map(|_| ())
+                };
+                let done = if write && self.write_through {
+                    done.and_then(|_| disk.flush())
+                } else {
+                    done
+                };
+                done.map(|_| {
+                    let (count, bytes) = if write {
+                        (&m.writes, &m.write_bytes)
+                    } else {
+                        (&m.reads, &m.read_bytes)
+                    };
+                    BlockMetrics::add(count, 1);
+                    BlockMetrics::add(bytes, u64::from(data_len));
+                    if write {
+                        0
+                    } else {
+                        data_len
+                    }
+                })
+            }
+            RequestKind::Flush => {
+                BlockMetrics::add(&m.flushes, 1);
+                errno(res).map(|_| 0)
+            }
+            RequestKind::Discard { .. } => {
+                BlockMetrics::add(&m.discards, 1);
+                match errno(res) {
+                    Err(e) if disk::is_unsupported(&e) => Ok(0),
+                    other => other.map(|_| 0),
+                }
+            }
+            RequestKind::WriteZeroes { offset, len, .. } => {
+                BlockMetrics::add(&m.write_zeroes, 1);
+                match errno(res) {
+                    Err(e) if disk::is_unsupported(&e) => {
+                        disk.zero_range_or_write(offset, len).map(|_| 0)
+                    }
+                    other => other.map(|_| 0),
+                }
+            }
+            RequestKind::GetId => Ok(0),
+        };
+        let (qi, head, status) = (slot.queue, slot.head, slot.status);
+        self.free.push(c.token);
+        match outcome {
+            Ok(written) => self.complete(qi, head, Some(status), STATUS_OK, written),
+            Err(_) => {
+                BlockMetrics::add(&self.metrics.io_errors, 1);
+                self.complete(qi, head, Some(status), STATUS_IOERR, 0);
+            }
+        }
+    }
+
+    /// Write the status byte (if there is one) and put the chain on the
+    /// used ring. `written` counts data bytes written to the guest.
+    fn complete(
+        &mut self,
+        qi: usize,
+        head: u16,
+        status: Option<GuestAddress>,
+        code: u8,
+        written: u32,
+    ) {
+        let used_len = match status {
+            Some(addr) if self.mem.write_obj(code, addr).is_ok() => written.saturating_add(1),
+            _ => {
+                BlockMetrics::add(&self.metrics.no_status, 1);
+                0
+            }
+        };
+        let q = &mut self.queues[qi];
+        if q.queue.add_used(&self.mem, head, used_len).is_ok() {
+            q.added = true;
+        }
+    }
+
+    fn count_rejection(&self, error: &RequestError) {
+        let counter = match error.status() {
+            s if s == STATUS_IOERR => &self.metrics.invalid_requests,
+            _ => &self.metrics.unsupported,
+        };
+        BlockMetrics::add(counter, 1);
+    }
+
+    /// Signal every queue that gained used entries, once, if the driver
+    /// wants it.
+    fn signal(&mut self) {
+        for q in &mut self.queues {
+            if !q.added {
+                continue;
+            }
+            q.added = false;
+            if q.queue.needs_notification(&self.mem).unwrap_or(true) {
+                BlockMetrics::add(&self.metrics.interrupts, 1);
+                let _ = self.interrupt.signal_queue(q.index);
+            }
+        }
+    }
+
+    /// Give the queues back (for tests inspecting their state).
+    #[cfg(test)]
+    pub(crate) fn queue(&self, i: usize) -> &Queue {
+        &self.queues[i].queue
+    }
+}
+
+impl Drop for Worker {
+    /// Never let the kernel write into guest memory after the worker is
+    /// gone: wait for everything in flight.
+    fn drop(&mut self) {
+        let mut done = Vec::new();
+        self.engine.drain(&mut done);
+    }
+}
+
+fn errno(res: i32) -> io::Result<i32> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res)
+    }
+}
