@@ -36,20 +36,24 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, GuestError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `6.1.0-48` from `linux-image-6.1.0-48-cloud-amd64-unsigned`, as numbers.
-fn abi_numbers(package: &str) -> Option<Vec<u64>> {
+/// `6.1.0-48` from `linux-image-6.1.0-48-cloud-amd64-unsigned` (flavour
+/// `cloud-amd64`), as numbers.
+fn abi_numbers(package: &str, flavour: &str) -> Option<Vec<u64>> {
     let ver = package
         .strip_prefix("linux-image-")?
-        .strip_suffix("-cloud-amd64-unsigned")?;
+        .strip_suffix("-unsigned")?
+        .strip_suffix(flavour)?
+        .strip_suffix('-')?;
     ver.split(['.', '-']).map(|p| p.parse().ok()).collect()
 }
 
-/// Picks the highest kernel ABI from `apt-cache search` output.
-pub fn pick_newest(search_output: &str) -> Vec<String> {
+/// The `flavour` kernel packages in `apt-cache search` output, highest ABI
+/// first.
+pub fn pick_newest(search_output: &str, flavour: &str) -> Vec<String> {
     let mut found: Vec<(Vec<u64>, String)> = search_output
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|p| abi_numbers(p).map(|v| (v, p.to_string())))
+        .filter_map(|p| abi_numbers(p, flavour).map(|v| (v, p.to_string())))
         .collect();
     found.sort();
     found.into_iter().rev().map(|(_, p)| p).collect()
@@ -81,23 +85,24 @@ pub fn candidate(package: &str) -> Result<Option<(String, u64)>, GuestError> {
     }
 }
 
-/// The newest `linux-image-<ver>-cloud-amd64-unsigned` that apt can fetch.
-pub fn newest_cloud_kernel() -> Result<String, GuestError> {
+/// The newest `linux-image-<abi>-<flavour>-unsigned` that apt can fetch
+/// (flavour `cloud-amd64` or `amd64`).
+pub fn newest_kernel(flavour: &str) -> Result<String, GuestError> {
     let out = run(
         Command::new("apt-cache").args([
             "search",
             "--names-only",
-            "^linux-image-[0-9.-]+-cloud-amd64-unsigned$",
+            &format!("^linux-image-[0-9.-]+-{flavour}-unsigned$"),
         ]),
-        "search the apt lists for a cloud kernel",
+        &format!("search the apt lists for a {flavour} kernel"),
     )?;
-    for package in pick_newest(&out) {
+    for package in pick_newest(&out, flavour) {
         if candidate(&package)?.is_some() {
             return Ok(package);
         }
     }
     Err(GuestError::Unavailable {
-        package: "linux-image-<ver>-cloud-amd64-unsigned".into(),
+        package: format!("linux-image-<abi>-{flavour}-unsigned"),
         why: "no such package in the apt lists".into(),
     })
 }
@@ -231,13 +236,20 @@ linux-image-cloud-amd64 - meta package
 linux-image-6.1.0-47-cloud-amd64-unsigned-dbg - not a match
 ";
         assert_eq!(
-            pick_newest(out),
+            pick_newest(out, "cloud-amd64"),
             [
                 "linux-image-6.10.0-1-cloud-amd64-unsigned",
                 "linux-image-6.1.0-48-cloud-amd64-unsigned",
                 "linux-image-6.1.0-9-cloud-amd64-unsigned",
             ]
         );
-        assert!(pick_newest("").is_empty());
+        assert!(pick_newest("", "cloud-amd64").is_empty());
+        // The standard flavour does not pick up cloud kernels.
+        let mixed = "linux-image-6.1.0-48-cloud-amd64-unsigned - x\n\
+                     linux-image-6.1.0-47-amd64-unsigned - y\n";
+        assert_eq!(
+            pick_newest(mixed, "amd64"),
+            ["linux-image-6.1.0-47-amd64-unsigned"]
+        );
     }
 }

@@ -48,9 +48,12 @@ pub struct CacheLock {
     _file: File,
 }
 
-/// Takes an exclusive `flock` on `path`, creating it. Tells the user when it
-/// has to wait for another process.
-pub fn lock(path: &Path) -> Result<CacheLock, GuestError> {
+/// Takes an exclusive `flock` on `<target>.lock`, creating it, for building
+/// `target`. Tells the user when it has to wait for another process.
+pub fn lock(target: &Path) -> Result<CacheLock, GuestError> {
+    let mut name = target.as_os_str().to_owned();
+    name.push(".lock");
+    let path = Path::new(&name);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -62,7 +65,7 @@ pub fn lock(path: &Path) -> Result<CacheLock, GuestError> {
     if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         eprintln!(
             "vireo: waiting for another vireo process that is building {}",
-            path.with_extension("").display()
+            target.display()
         );
         loop {
             // SAFETY: as above.
@@ -177,7 +180,8 @@ mod tests {
         std::fs::create_dir_all(&base).unwrap();
         let target = base.join("art");
         for round in 0..2 {
-            let _l = lock(&base.join("art.lock")).unwrap();
+            let _l = lock(&target).unwrap();
+            assert!(base.join("art.lock").is_file());
             let tmp = temp_dir_for(&target).unwrap();
             std::fs::write(tmp.join("v"), format!("{round}")).unwrap();
             publish(&tmp, &target).unwrap();

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cpio;
 pub mod exitport;
 pub mod init;
+pub mod kernel_package;
 pub mod modules;
 
 use std::fs::File;
@@ -22,6 +23,8 @@ use std::path::{Path, PathBuf};
 use cache::{cache_root, fnv1a, lock, publish, temp_dir_for, RemoveOnDrop};
 use cpio::CpioWriter;
 use modules::ModuleIndex;
+
+pub use kernel_package::{ensure_kernel_package, KernelPackage};
 
 /// Extra kernel arguments the default guest wants.
 pub const DEFAULT_GUEST_CMDLINE: &str = "quiet";
@@ -41,6 +44,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_console",
     "pvpanic",
 ];
+
+/// The Debian kernel flavour of the default guest.
+pub const DEFAULT_FLAVOUR: &str = "cloud-amd64";
 
 /// Bump when the build steps change in a way the hash below cannot see.
 const RECIPE_VERSION: &str = "guest-recipe-2";
@@ -150,7 +156,7 @@ pub fn ensure_default_guest() -> Result<DefaultGuest, GuestError> {
     if let Some(g) = from_dir(&dir)? {
         return Ok(g);
     }
-    let _lock = lock(&dir.with_extension("lock"))?;
+    let _lock = lock(&dir)?;
     // Another process may have built it while we waited for the lock.
     if let Some(g) = from_dir(&dir)? {
         return Ok(g);
@@ -162,7 +168,7 @@ pub fn ensure_default_guest() -> Result<DefaultGuest, GuestError> {
 /// kernel apt offers now and rewrites the initramfs.
 pub fn rebuild_default_guest() -> Result<DefaultGuest, GuestError> {
     let dir = guest_dir()?;
-    let _lock = lock(&dir.with_extension("lock"))?;
+    let _lock = lock(&dir)?;
     build_into(&dir)
 }
 
@@ -171,7 +177,7 @@ fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
     let root = cache_root()?;
     let debs = root.join("debs");
     let fetch = || -> Result<_, GuestError> {
-        let kernel_pkg = apt::newest_cloud_kernel()?;
+        let kernel_pkg = apt::newest_kernel(DEFAULT_FLAVOUR)?;
         let kernel_deb = apt::download(&kernel_pkg, &debs)?;
         let busybox_deb = apt::download("busybox-static", &debs)?;
         Ok((kernel_pkg, kernel_deb, busybox_deb))
@@ -236,7 +242,7 @@ fn rename(from: &Path, to: &Path) -> Result<(), GuestError> {
 }
 
 /// The single directory name under `dir` (the kernel version).
-fn only_subdir(dir: &Path, package: &str) -> Result<String, GuestError> {
+pub(crate) fn only_subdir(dir: &Path, package: &str) -> Result<String, GuestError> {
     let bad = |why: String| GuestError::BadPackage {
         package: package.into(),
         why,
