@@ -25,6 +25,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use virtio_queue::Queue;
 
+pub mod transport;
+
 pub mod block;
 
 /// Guest memory as devices see it.

@@ -1,0 +1,15 @@
+//! Transports that expose a `VirtioDevice` to the guest. Vireo has one:
+//! virtio-pci, the modern (virtio 1.x) PCI transport (`pci`), with its
+//! common configuration registers in `pci_common`.
+
+pub mod pci;
+pub mod pci_common;
+
+#[cfg(test)]
+mod pci_tests;
+
+pub use pci::{
+    VirtioPciDevice, VirtioPciError, VirtioPciResources, VirtioPciState,
+    BAR_SIZE as VIRTIO_PCI_BAR_SIZE,
+};
+pub use pci_common::{QueueConfig, TransportState};

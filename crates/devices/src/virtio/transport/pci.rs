@@ -1,0 +1,676 @@
+//! The virtio-pci modern transport (virtio 1.x, 4.1): a PCI function
+//! (vendor 0x1af4, device 0x1040 + type, revision 1) whose one memory BAR
+//! holds the common configuration, the ISR byte, the device configuration,
+//! the queue doorbells and the MSI-X table and PBA, each described by a
+//! virtio vendor capability.
+//!
+//! The transport drives a `VirtioDevice` through its life cycle: feature
+//! negotiation (FEATURES_OK is refused for features the device did not
+//! offer or without VERSION_1), queue setup (sizes and ring addresses are
+//! checked), DRIVER_OK (build the queues, register one KVM ioeventfd per
+//! queue doorbell, `activate`), and reset (status 0: `VirtioDevice::reset`
+//! and the transport back to its initial state). Interrupts go out on the
+//! queue's or the config MSI-X vector, held pending while masked.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::pci_common::*;
+use crate::bus::lock;
+use crate::pci::config::{BarKind, ConfigError, ConfigSpace, ConfigSpaceState, PciIds};
+use crate::pci::msix::{MsixLayout, MsixState};
+use crate::pci::{IoEventRegistrar, MsiRouter, Msix, MsixError, PciDevice, MSIX_NO_VECTOR};
+use crate::virtio::{
+    device_type, ActiveQueue, GuestMemory, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
+
+/// PCI vendor id of virtio devices, and the modern device id base.
+pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
+pub const VIRTIO_PCI_DEVICE_ID_BASE: u16 = 0x1040;
+/// Subsystem id: modern-only devices use 0x40 or higher.
+const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x40;
+
+/// The BAR (always BAR 0) and its layout.
+pub const BAR_INDEX: usize = 0;
+pub const BAR_SIZE: u64 = 0x8000;
+const COMMON_OFFSET: u64 = 0x0000;
+const ISR_OFFSET: u64 = 0x1000;
+const ISR_LEN: u64 = 4;
+const DEVICE_CFG_OFFSET: u64 = 0x2000;
+const DEVICE_CFG_LEN: u64 = 0x1000;
+const NOTIFY_OFFSET: u64 = 0x3000;
+const NOTIFY_LEN: u64 = 0x1000;
+/// Each queue's doorbell is `queue index * NOTIFY_MULTIPLIER` into the
+/// notify region, so each has its own address (and ioeventfd).
+const NOTIFY_MULTIPLIER: u32 = 4;
+const MSIX_TABLE_OFFSET: u64 = 0x4000;
+const MSIX_PBA_OFFSET: u64 = 0x6000;
+/// Queues the layout has room for: one MSI-X vector each plus config.
+pub const MAX_QUEUES: usize = ((MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / 16) as usize - 1;
+
+/// Virtio PCI capability (vendor specific, id 0x09) types.
+const PCI_CAP_ID_VENDOR: u8 = 0x09;
+const CAP_COMMON_CFG: u8 = 1;
+const CAP_NOTIFY_CFG: u8 = 2;
+const CAP_ISR_CFG: u8 = 3;
+const CAP_DEVICE_CFG: u8 = 4;
+
+/// VIRTIO_RING_F_EVENT_IDX.
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// ISR bits.
+const ISR_QUEUE: u8 = 1;
+const ISR_CONFIG: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioPciError {
+    #[error("virtio device type {device_type}: {queues} queues (the transport supports 1 to {MAX_QUEUES})")]
+    QueueCount { device_type: u32, queues: usize },
+    #[error("virtio device type {device_type}: queue {queue} maximum size {size} is not a power of two up to 32768")]
+    QueueMaxSize {
+        device_type: u32,
+        queue: usize,
+        size: u16,
+    },
+    #[error("virtio-pci BAR: {0}")]
+    Config(#[from] ConfigError),
+    #[error("virtio-pci MSI-X: {0}")]
+    Msix(#[from] MsixError),
+    #[error("cannot create a queue eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// What the VMM hands a new virtio-pci function.
+pub struct VirtioPciResources {
+    /// BAR 0: its width and guest address (naturally aligned, `BAR_SIZE`).
+    pub bar_kind: BarKind,
+    pub bar_addr: u64,
+    /// One GSI per MSI-X vector (`VirtioPciDevice::msix_vectors`).
+    pub gsis: Vec<u32>,
+    pub msi_router: Arc<dyn MsiRouter>,
+    pub ioevents: Arc<dyn IoEventRegistrar>,
+}
+
+/// Everything a snapshot of the transport needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioPciState {
+    pub transport: TransportState,
+    pub config: ConfigSpaceState,
+    pub msix: MsixState,
+    pub isr: u8,
+}
+
+/// Interrupt state shared between the transport (vCPU threads) and the
+/// device's workers (through `PciInterrupt`).
+struct InterruptState {
+    msix: Msix,
+    isr: u8,
+    config_vector: u16,
+    queue_vectors: Vec<u16>,
+    config_generation: u8,
+}
+
+/// The `Interrupt` an activated device gets: the queue indexes it sees are
+/// positions in the list of queues it was handed.
+struct PciInterrupt {
+    shared: Arc<Mutex<InterruptState>>,
+    /// Position in the activated queue list -> transport queue index.
+    queue_map: Vec<u16>,
+}
+
+impl Interrupt for PciInterrupt {
+    fn signal_queue(&self, queue_index: u16) -> std::io::Result<()> {
+        let Some(q) = self.queue_map.get(usize::from(queue_index)) else {
+            return Ok(());
+        };
+        let mut s = lock(&self.shared);
+        s.isr |= ISR_QUEUE;
+        let vector = s
+            .queue_vectors
+            .get(usize::from(*q))
+            .copied()
+            .unwrap_or(MSIX_NO_VECTOR);
+        s.msix.signal(vector)
+    }
+
+    fn signal_config(&self) -> std::io::Result<()> {
+        signal_config(&self.shared)
+    }
+}
+
+fn signal_config(shared: &Mutex<InterruptState>) -> std::io::Result<()> {
+    let mut s = lock(shared);
+    s.isr |= ISR_CONFIG;
+    s.config_generation = s.config_generation.wrapping_add(1);
+    let vector = s.config_vector;
+    s.msix.signal(vector)
+}
+
+/// A virtio device on PCI.
+pub struct VirtioPciDevice {
+    config: ConfigSpace,
+    msix_cap: usize,
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    state: TransportState,
+    interrupt: Arc<Mutex<InterruptState>>,
+    /// One doorbell eventfd per queue, for the transport's whole life.
+    kicks: Vec<EventFd>,
+    ioevents: Arc<dyn IoEventRegistrar>,
+    /// Where BAR 0 decodes now, and where the doorbells are registered.
+    bar_addr: Option<u64>,
+    ioevents_at: Option<u64>,
+    /// Queues registered as ioeventfds (transport indexes).
+    ioevent_queues: Vec<u16>,
+}
+
+fn pci_class(device_type: u32) -> (u8, u8, u8) {
+    match device_type {
+        device_type::NET => (0x02, 0x00, 0x00),
+        device_type::BLOCK => (0x01, 0x80, 0x00),
+        device_type::CONSOLE => (0x07, 0x80, 0x00),
+        _ => (0xff, 0x00, 0x00),
+    }
+}
+
+/// A virtio PCI capability: (cfg_type, offset, length) in BAR 0, plus any
+/// extra bytes (the notify multiplier).
+fn add_virtio_cap(
+    config: &mut ConfigSpace,
+    cfg_type: u8,
+    offset: u64,
+    length: u64,
+    extra: &[u8],
+) -> Result<usize, ConfigError> {
+    // cap_len, cfg_type, bar, id, padding[2], offset, length (+ extra).
+    let mut body = vec![(16 + extra.len()) as u8, cfg_type, BAR_INDEX as u8, 0, 0, 0];
+    body.extend_from_slice(&(offset as u32).to_le_bytes());
+    body.extend_from_slice(&(length as u32).to_le_bytes());
+    body.extend_from_slice(extra);
+    config.add_capability(PCI_CAP_ID_VENDOR, &body, &[])
+}
+
+impl VirtioPciDevice {
+    /// MSI-X vectors (and so GSIs) a device needs: one per queue plus one
+    /// for configuration changes.
+    pub fn msix_vectors(device: &dyn VirtioDevice) -> u16 {
+        (device.queue_max_sizes().len().min(MAX_QUEUES) + 1) as u16
+    }
+
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        res: VirtioPciResources,
+    ) -> Result<Self, VirtioPciError> {
+        let dtype = device.device_type();
+        let max_sizes = device.queue_max_sizes();
+        if max_sizes.is_empty() || max_sizes.len() > MAX_QUEUES {
+            return Err(VirtioPciError::QueueCount {
+                device_type: dtype,
+                queues: max_sizes.len(),
+            });
+        }
+        for (queue, size) in max_sizes.iter().enumerate() {
+            if Queue::new(*size).is_err() {
+                return Err(VirtioPciError::QueueMaxSize {
+                    device_type: dtype,
+                    queue,
+                    size: *size,
+                });
+            }
+        }
+        let mut config = ConfigSpace::new(PciIds {
+            vendor_id: VIRTIO_PCI_VENDOR_ID,
+            device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(dtype as u16),
+            revision: 1,
+            class: pci_class(dtype),
+            subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
+            subsystem_id: VIRTIO_PCI_SUBSYSTEM_ID,
+        });
+        config.add_bar(BAR_INDEX, res.bar_kind, BAR_SIZE, res.bar_addr)?;
+        let vectors = Self::msix_vectors(&*device);
+        let layout = MsixLayout {
+            vectors,
+            table_bar: BAR_INDEX as u8,
+            table_offset: MSIX_TABLE_OFFSET as u32,
+            pba_bar: BAR_INDEX as u8,
+            pba_offset: MSIX_PBA_OFFSET as u32,
+        };
+        let msix_cap = layout.add_capability(&mut config)?;
+        let queues = max_sizes.len() as u64;
+        add_virtio_cap(
+            &mut config,
+            CAP_COMMON_CFG,
+            COMMON_OFFSET,
+            COMMON_CFG_LEN,
+            &[],
+        )?;
+        add_virtio_cap(&mut config, CAP_ISR_CFG, ISR_OFFSET, ISR_LEN, &[])?;
+        add_virtio_cap(
+            &mut config,
+            CAP_DEVICE_CFG,
+            DEVICE_CFG_OFFSET,
+            DEVICE_CFG_LEN,
+            &[],
+        )?;
+        add_virtio_cap(
+            &mut config,
+            CAP_NOTIFY_CFG,
+            NOTIFY_OFFSET,
+            (queues * u64::from(NOTIFY_MULTIPLIER)).min(NOTIFY_LEN),
+            &NOTIFY_MULTIPLIER.to_le_bytes(),
+        )?;
+        let msix = Msix::new(vectors, res.gsis, res.msi_router)?;
+        let kicks = (0..max_sizes.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VirtioPciDevice {
+            config,
+            msix_cap,
+            device,
+            mem,
+            state: TransportState::new(&max_sizes),
+            interrupt: Arc::new(Mutex::new(InterruptState {
+                msix,
+                isr: 0,
+                config_vector: MSIX_NO_VECTOR,
+                queue_vectors: vec![MSIX_NO_VECTOR; max_sizes.len()],
+                config_generation: 0,
+            })),
+            kicks,
+            ioevents: res.ioevents,
+            bar_addr: None,
+            ioevents_at: None,
+            ioevent_queues: Vec::new(),
+        })
+    }
+
+    /// The device behind the transport.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        &*self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        &mut *self.device
+    }
+
+    /// Tell the driver the device configuration changed (e.g. a resize).
+    pub fn signal_config_change(&self) -> std::io::Result<()> {
+        signal_config(&self.interrupt)
+    }
+
+    pub fn state(&self) -> VirtioPciState {
+        let s = lock(&self.interrupt);
+        let mut transport = self.state.clone();
+        transport.config_msix_vector = s.config_vector;
+        transport.config_generation = s.config_generation;
+        for (q, v) in transport.queues.iter_mut().zip(&s.queue_vectors) {
+            q.msix_vector = *v;
+        }
+        VirtioPciState {
+            transport,
+            config: self.config.state(),
+            msix: s.msix.state(),
+            isr: s.isr,
+        }
+    }
+
+    /// The guest address of queue `queue`'s doorbell, if BAR 0 decodes.
+    pub fn notify_address(&self, queue: u16) -> Option<u64> {
+        Some(self.bar_addr? + NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER))
+    }
+
+    fn read_common(&self, offset: u64, data: &mut [u8]) {
+        let mut view = self.state.clone();
+        {
+            let s = lock(&self.interrupt);
+            view.config_msix_vector = s.config_vector;
+            view.config_generation = s.config_generation;
+            let sel = usize::from(view.queue_select);
+            if let (Some(q), Some(v)) = (view.queues.get_mut(sel), s.queue_vectors.get(sel)) {
+                q.msix_vector = *v;
+            }
+        }
+        view.read(offset, data, self.device.avail_features());
+    }
+
+    fn write_common(&mut self, offset: u64, data: &[u8]) {
+        let Some(w) = decode_write(offset, data) else {
+            return;
+        };
+        let status = self.state.device_status;
+        let setting_up = status & STATUS_DRIVER_OK == 0;
+        match w {
+            CommonWrite::DeviceFeatureSelect(v) => self.state.device_feature_select = v,
+            CommonWrite::DriverFeatureSelect(v) => self.state.driver_feature_select = v,
+            CommonWrite::DriverFeature(v) => {
+                // Features are fixed once FEATURES_OK is set.
+                if status & STATUS_FEATURES_OK == 0 {
+                    let shift = match self.state.driver_feature_select {
+                        0 => 0,
+                        1 => 32,
+                        _ => return,
+                    };
+                    let f = &mut self.state.driver_features;
+                    *f = (*f & !(0xffff_ffffu64 << shift)) | u64::from(v) << shift;
+                }
+            }
+            CommonWrite::ConfigMsixVector(v) => {
+                let mut s = lock(&self.interrupt);
+                s.config_vector = checked_vector(v, s.msix.vectors());
+            }
+            CommonWrite::DeviceStatus(v) => self.write_status(v),
+            CommonWrite::QueueSelect(v) => self.state.queue_select = v,
+            CommonWrite::QueueMsixVector(v) => {
+                let q = usize::from(self.state.queue_select);
+                let mut s = lock(&self.interrupt);
+                let n = s.msix.vectors();
+                if let Some(slot) = s.queue_vectors.get_mut(q) {
+                    *slot = checked_vector(v, n);
+                }
+            }
+            CommonWrite::QueueSize(v) => {
+                if let Some(q) = self
+                    .state
+                    .selected_mut()
+                    .filter(|q| !q.enabled && setting_up)
+                {
+                    // Checked when the queue is enabled.
+                    q.size = v;
+                }
+            }
+            CommonWrite::QueueAddress(which, v, mask) => {
+                if let Some(q) = self
+                    .state
+                    .selected_mut()
+                    .filter(|q| !q.enabled && setting_up)
+                {
+                    let a = match which {
+                        0 => &mut q.desc,
+                        1 => &mut q.driver,
+                        _ => &mut q.device,
+                    };
+                    *a = (*a & !mask) | (v & mask);
+                }
+            }
+            CommonWrite::QueueEnable(v) => {
+                if v != 1 || !setting_up {
+                    return;
+                }
+                let Some(q) = self.state.selected().copied() else {
+                    return;
+                };
+                if q.enabled {
+                    return;
+                }
+                if build_queue(&q, &self.mem, false).is_some() {
+                    if let Some(q) = self.state.selected_mut() {
+                        q.enabled = true;
+                    }
+                } else {
+                    self.needs_reset();
+                }
+            }
+        }
+    }
+
+    fn write_status(&mut self, v: u8) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.state.device_status;
+        // The driver only ever adds bits; it cannot clear them but by reset.
+        let mut new = old | v;
+        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
+            let f = self.state.driver_features;
+            let offered = self.device.avail_features();
+            if f & !offered != 0 || f & VIRTIO_F_VERSION_1 == 0 {
+                new &= !STATUS_FEATURES_OK;
+            } else {
+                self.device.ack_features(f);
+            }
+        }
+        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
+            if new & STATUS_FEATURES_OK == 0 {
+                new &= !STATUS_DRIVER_OK;
+            } else {
+                self.state.device_status = new;
+                if !self.activate() {
+                    self.needs_reset();
+                }
+                return;
+            }
+        }
+        self.state.device_status = new;
+    }
+
+    /// Enter DEVICE_NEEDS_RESET and tell the driver.
+    fn needs_reset(&mut self) {
+        self.state.device_status |= STATUS_DEVICE_NEEDS_RESET;
+        let _ = signal_config(&self.interrupt);
+    }
+
+    /// DRIVER_OK: build the enabled queues, register their doorbells and
+    /// start the device. False if anything is wrong.
+    fn activate(&mut self) -> bool {
+        let event_idx = self.state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut queues = Vec::new();
+        let mut queue_map = Vec::new();
+        for (i, q) in self.state.queues.iter().enumerate() {
+            if !q.enabled {
+                continue;
+            }
+            let Some(queue) = build_queue(q, &self.mem, event_idx) else {
+                return false;
+            };
+            let Ok(kick) = self.kicks[i].try_clone() else {
+                return false;
+            };
+            queues.push(ActiveQueue { queue, kick });
+            queue_map.push(i as u16);
+        }
+        self.register_ioevents(&queue_map);
+        let interrupt = Arc::new(PciInterrupt {
+            shared: self.interrupt.clone(),
+            queue_map,
+        });
+        match self.device.activate(self.mem.clone(), queues, interrupt) {
+            Ok(()) => {
+                self.state.activated = true;
+                true
+            }
+            Err(_) => {
+                self.unregister_ioevents();
+                false
+            }
+        }
+    }
+
+    fn register_ioevents(&mut self, queues: &[u16]) {
+        self.unregister_ioevents();
+        let Some(base) = self.bar_addr else {
+            return;
+        };
+        for q in queues {
+            let addr = base + NOTIFY_OFFSET + u64::from(*q) * u64::from(NOTIFY_MULTIPLIER);
+            // Without an ioeventfd the doorbell still works: the write exits
+            // to the vCPU thread and `write_bar` signals the same eventfd.
+            if self
+                .ioevents
+                .register_mmio(addr, &self.kicks[usize::from(*q)])
+                .is_ok()
+            {
+                self.ioevent_queues.push(*q);
+            }
+        }
+        self.ioevents_at = Some(base);
+    }
+
+    fn unregister_ioevents(&mut self) {
+        if let Some(base) = self.ioevents_at.take() {
+            for q in self.ioevent_queues.drain(..) {
+                let addr = base + NOTIFY_OFFSET + u64::from(q) * u64::from(NOTIFY_MULTIPLIER);
+                let _ = self
+                    .ioevents
+                    .unregister_mmio(addr, &self.kicks[usize::from(q)]);
+            }
+        }
+    }
+
+    /// Device reset: stop the device, drop the doorbells, and return every
+    /// register to its initial value. MSI-X (PCI function state) stays.
+    fn reset(&mut self) {
+        if self.state.device_status != 0 || self.state.activated {
+            self.device.reset();
+        }
+        self.unregister_ioevents();
+        for k in &self.kicks {
+            let _ = k.read();
+        }
+        let max: Vec<u16> = self.state.queues.iter().map(|q| q.max_size).collect();
+        let generation = self.state.config_generation;
+        self.state = TransportState::new(&max);
+        self.state.config_generation = generation;
+        let mut s = lock(&self.interrupt);
+        s.isr = 0;
+        s.config_vector = MSIX_NO_VECTOR;
+        s.queue_vectors.fill(MSIX_NO_VECTOR);
+    }
+
+    fn read_bar0(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_CFG_LEN => self.read_common(o, data),
+            o if (ISR_OFFSET..ISR_OFFSET + ISR_LEN).contains(&o) => {
+                data.fill(0);
+                // Reading the ISR clears it.
+                let mut s = lock(&self.interrupt);
+                data[0] = std::mem::take(&mut s.isr);
+            }
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.read_config(o - DEVICE_CFG_OFFSET, data);
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                lock(&self.interrupt)
+                    .msix
+                    .read_table(o - MSIX_TABLE_OFFSET, data);
+            }
+            o if o >= MSIX_PBA_OFFSET => {
+                lock(&self.interrupt)
+                    .msix
+                    .read_pba(o - MSIX_PBA_OFFSET, data);
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write_bar0(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            o if o < COMMON_OFFSET + COMMON_CFG_LEN => self.write_common(o, data),
+            o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE_CFG_OFFSET, data);
+            }
+            o if (NOTIFY_OFFSET..NOTIFY_OFFSET + NOTIFY_LEN).contains(&o) => {
+                // A doorbell that reached us (no ioeventfd): kick by hand.
+                let q = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
+                if let Some(k) = usize::try_from(q).ok().and_then(|q| self.kicks.get(q)) {
+                    let _ = k.write(1);
+                }
+            }
+            o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
+                lock(&self.interrupt)
+                    .msix
+                    .write_table(o - MSIX_TABLE_OFFSET, data);
+            }
+            // ISR and PBA are read-only.
+            _ => {}
+        }
+    }
+}
+
+/// A vector the guest asked for, or NO_VECTOR if the table has no such entry
+/// (the driver reads it back to find out).
+fn checked_vector(v: u16, vectors: u16) -> u16 {
+    if v < vectors {
+        v
+    } else {
+        MSIX_NO_VECTOR
+    }
+}
+
+/// A `Queue` from the driver's setup, or None if the size is not a power of
+/// two up to the maximum, a ring address is misaligned, or a ring is not in
+/// guest memory.
+fn build_queue(q: &QueueConfig, mem: &GuestMemory, event_idx: bool) -> Option<Queue> {
+    let mut queue = Queue::new(q.max_size).ok()?;
+    queue.try_set_size(q.size).ok()?;
+    queue
+        .try_set_desc_table_address(GuestAddress(q.desc))
+        .ok()?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(q.driver))
+        .ok()?;
+    queue
+        .try_set_used_ring_address(GuestAddress(q.device))
+        .ok()?;
+    queue.set_event_idx(event_idx);
+    queue.set_ready(true);
+    queue.is_valid(mem).then_some(queue)
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+        let control = self.msix_cap + 2;
+        let end = offset.saturating_add(data.len());
+        if offset < control + 2 && end > control {
+            let value = self.config.read_u16(control);
+            lock(&self.interrupt).msix.set_control(value);
+        }
+    }
+
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if bar != BAR_INDEX || offset.saturating_add(data.len() as u64) > BAR_SIZE {
+            data.fill(0xff);
+            return;
+        }
+        self.read_bar0(offset, data);
+    }
+
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar == BAR_INDEX && offset.saturating_add(data.len() as u64) <= BAR_SIZE {
+            self.write_bar0(offset, data);
+        }
+    }
+
+    fn bar_moved(&mut self, bar: usize, _from: Option<u64>, to: Option<u64>) {
+        if bar != BAR_INDEX {
+            return;
+        }
+        self.bar_addr = to;
+        if self.state.activated {
+            // Move the doorbells: off the old address, onto the new one.
+            let active: Vec<u16> = (0..self.state.queues.len() as u16)
+                .filter(|q| self.state.queues[usize::from(*q)].enabled)
+                .collect();
+            self.register_ioevents(&active);
+        }
+    }
+}
+
+impl Drop for VirtioPciDevice {
+    fn drop(&mut self) {
+        self.unregister_ioevents();
+    }
+}
