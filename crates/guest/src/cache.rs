@@ -15,17 +15,34 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::GuestError;
 
-/// The vireo cache root (created if missing).
+/// The vireo cache root (created if missing): `$XDG_CACHE_HOME/vireo`, else
+/// `$HOME/.cache/vireo`, else (no HOME, as in some service environments) a
+/// per-user directory under the system temp dir.
 pub fn cache_root() -> Result<PathBuf, GuestError> {
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(x) if Path::new(&x).is_absolute() => PathBuf::from(x),
+    let root = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) if Path::new(&x).is_absolute() => PathBuf::from(x).join("vireo"),
         _ => match std::env::var_os("HOME") {
-            Some(h) if !h.is_empty() => PathBuf::from(h).join(".cache"),
-            _ => return Err(GuestError::NoCacheDir),
+            Some(h) if Path::new(&h).is_absolute() => PathBuf::from(h).join(".cache/vireo"),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            _ => std::env::temp_dir().join(format!("vireo-cache-{}", unsafe { libc::getuid() })),
         },
     };
-    let root = base.join("vireo");
     std::fs::create_dir_all(&root).map_err(|e| GuestError::io(&root, e))?;
+    // In a shared temp dir, someone else could have made it first and
+    // planted artifacts: only use a directory we own.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&root).map_err(|e| GuestError::io(&root, e))?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid {
+        return Err(GuestError::io(
+            &root,
+            std::io::Error::other(format!(
+                "owned by uid {}, not by us (uid {uid}); set XDG_CACHE_HOME",
+                meta.uid()
+            )),
+        ));
+    }
     Ok(root)
 }
 

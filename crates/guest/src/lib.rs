@@ -74,8 +74,6 @@ pub enum GuestError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot find a cache directory: set XDG_CACHE_HOME or HOME")]
-    NoCacheDir,
     #[error("{tool}: {why}")]
     Tool { tool: String, why: String },
     #[error(
