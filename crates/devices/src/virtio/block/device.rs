@@ -317,3 +317,218 @@ impl Drop for Block {
         self.stop_worker();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use virtio_bindings::virtio_blk::{virtio_blk_config, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
+    use virtio_queue::QueueT;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::virtio::block::test_utils::*;
+
+    #[test]
+    fn config_space_matches_the_virtio_layout() {
+        use std::mem::offset_of;
+        assert_eq!(offset::CAPACITY, offset_of!(virtio_blk_config, capacity));
+        assert_eq!(offset::SEG_MAX, offset_of!(virtio_blk_config, seg_max));
+        assert_eq!(offset::BLK_SIZE, offset_of!(virtio_blk_config, blk_size));
+        assert_eq!(
+            offset::NUM_QUEUES,
+            offset_of!(virtio_blk_config, num_queues)
+        );
+        assert_eq!(
+            offset::MAX_DISCARD_SECTORS,
+            offset_of!(virtio_blk_config, max_discard_sectors)
+        );
+        assert_eq!(
+            offset::MAX_DISCARD_SEG,
+            offset_of!(virtio_blk_config, max_discard_seg)
+        );
+        assert_eq!(
+            offset::DISCARD_SECTOR_ALIGNMENT,
+            offset_of!(virtio_blk_config, discard_sector_alignment)
+        );
+        assert_eq!(
+            offset::MAX_WRITE_ZEROES_SECTORS,
+            offset_of!(virtio_blk_config, max_write_zeroes_sectors)
+        );
+        assert_eq!(
+            offset::MAX_WRITE_ZEROES_SEG,
+            offset_of!(virtio_blk_config, max_write_zeroes_seg)
+        );
+        assert_eq!(
+            offset::WRITE_ZEROES_MAY_UNMAP,
+            offset_of!(virtio_blk_config, write_zeroes_may_unmap)
+        );
+        assert_eq!(
+            CONFIG_LEN,
+            offset_of!(virtio_blk_config, max_secure_erase_sectors)
+        );
+
+        let img = TempImage::patterned(3 << 20);
+        let block = Block::new(&img.path, false, Some("x".into()), 2).unwrap();
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 3 << 11);
+        let mut nq = [0u8; 2];
+        block.read_config(offset::NUM_QUEUES as u64, &mut nq);
+        assert_eq!(u16::from_le_bytes(nq), 2);
+        // Past the end, and offsets that overflow, read as zero.
+        let mut tail = [0xffu8; 8];
+        block.read_config(CONFIG_LEN as u64 - 4, &mut tail);
+        assert_eq!(tail[4..], [0; 4]);
+        block.read_config(u64::MAX, &mut tail);
+        assert_eq!(tail, [0; 8]);
+        assert_eq!(block.queue_max_sizes(), vec![QUEUE_SIZE; 2]);
+        assert_eq!(block.device_type(), device_type::BLOCK);
+        let f = block.avail_features();
+        for bit in [
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_MQ,
+            VIRTIO_BLK_F_DISCARD,
+            VIRTIO_BLK_F_WRITE_ZEROES,
+        ] {
+            assert_ne!(f & (1 << bit), 0, "feature {bit}");
+        }
+        assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+    }
+
+    #[test]
+    fn open_errors_name_the_path() {
+        let missing = TempImage::empty();
+        let e = Block::new(&missing.path, false, None, 1).err().unwrap();
+        assert!(matches!(e, Error::Open { .. }));
+        assert_path_in(&e, &missing.path);
+        let dir = std::env::temp_dir();
+        let e = Block::new(&dir, false, None, 1).err().unwrap();
+        assert!(matches!(e, Error::IsDirectory { .. }), "{e}");
+        assert_path_in(&e, &dir);
+        let tiny = TempImage::patterned(100);
+        let e = Block::new(&tiny.path, false, None, 1).err().unwrap();
+        assert!(matches!(e, Error::TooSmall { .. }), "{e}");
+        let img = TempImage::patterned(4096);
+        let e = Block::new(&img.path, false, Some("x".repeat(21)), 1)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::IdTooLong { .. }), "{e}");
+        let e = Block::new(&img.path, false, None, 0).err().unwrap();
+        assert!(matches!(e, Error::QueueCount { .. }), "{e}");
+    }
+
+    /// Activate with a real device thread, serve a kick, reset (joins the
+    /// thread), then negotiate and activate again: for both engines.
+    #[test]
+    fn activate_serve_reset_and_reactivate() {
+        for engine in [EngineKind::IoUring, EngineKind::Sync] {
+            let img = TempImage::patterned(1 << 20);
+            let mem = guest_memory();
+            let mut block = Block::new(&img.path, false, Some("t".into()), 1).unwrap();
+            block.set_engine(engine);
+            for round in 0..2 {
+                let mut d = Driver::new(&mem, QUEUE_SIZE);
+                block.ack_features(block.avail_features());
+                let irq = Arc::new(TestInterrupt::default());
+                let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+                let guest_kick = kick.try_clone().unwrap();
+                let aq = ActiveQueue {
+                    queue: d.queue(),
+                    kick,
+                };
+                block.activate(mem.clone(), vec![aq], irq.clone()).unwrap();
+                assert!(block.is_active());
+                let data = vec![round as u8 + 1; 4096];
+                let w = d.write(8, &data);
+                let f = d.bare(VIRTIO_BLK_T_FLUSH);
+                guest_kick.write(1).unwrap();
+                // With EVENT_IDX and a driver that never moves used_event,
+                // only the first batch is signalled: poll the used ring.
+                assert!(irq.wait_for(1), "{engine:?} round {round}");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while d.used_idx() < 2 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                assert_eq!(d.status(&w), VIRTIO_BLK_S_OK as u8);
+                assert_eq!(d.status(&f), VIRTIO_BLK_S_OK as u8);
+                assert_eq!(img.read_at(8 * 512, 4096), data);
+                block.reset();
+                assert!(!block.is_active());
+                assert_eq!(block.acked_features(), 0);
+                // Zero the rings for the next round's fresh driver.
+                vm_memory::Bytes::write_slice(&mem, &[0u8; 0x3000], vm_memory::GuestAddress(0))
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn io_uring_engine_is_used_when_the_host_has_it() {
+        let img = TempImage::patterned(1 << 20);
+        let mem = guest_memory();
+        let d = Driver::new(&mem, QUEUE_SIZE);
+        let mut block = Block::new(&img.path, false, None, 1).unwrap();
+        let aq = ActiveQueue {
+            queue: d.queue(),
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        block
+            .activate(mem.clone(), vec![aq], Arc::new(TestInterrupt::default()))
+            .unwrap();
+        let probe = io_uring::IoUring::new(8).is_ok();
+        let want = if probe {
+            EngineKind::IoUring
+        } else {
+            EngineKind::Sync
+        };
+        println!("engine in use: {:?}", block.engine());
+        assert_eq!(block.engine(), Some(want));
+    }
+
+    #[test]
+    fn activate_checks_queue_count_and_skips_queues_not_enabled() {
+        let img = TempImage::patterned(1 << 20);
+        let mem = guest_memory();
+        let d = Driver::new(&mem, QUEUE_SIZE);
+        let mut block = Block::new(&img.path, false, None, 2).unwrap();
+        let irq = Arc::new(TestInterrupt::default());
+        let e = block
+            .activate(mem.clone(), vec![], irq.clone())
+            .err()
+            .unwrap();
+        assert!(matches!(e, ActivateError::QueueCount { .. }));
+        let mut idle = d.queue();
+        idle.set_ready(false);
+        let queues = vec![
+            ActiveQueue {
+                queue: d.queue(),
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+            ActiveQueue {
+                queue: idle,
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+        ];
+        block.activate(mem.clone(), queues, irq).unwrap();
+        block.reset();
+    }
+
+    #[test]
+    fn save_and_restore() {
+        let img = TempImage::patterned(1 << 20);
+        let mut block = Block::new(&img.path, true, Some("snap".into()), 2).unwrap();
+        block.ack_features(block.avail_features());
+        let state = block.save();
+        assert_eq!(state.capacity_sectors, 2048);
+        assert!(!state.activated);
+        let restored = Block::restore(&state).unwrap();
+        assert_eq!(restored.save(), state);
+        img.write_at(1 << 20, &[0; 512]);
+        let e = Block::restore(&state).err().unwrap();
+        assert!(matches!(e, Error::CapacityMismatch { .. }), "{e}");
+    }
+}

@@ -314,15 +314,17 @@ where
             layout(None, Some(1))?;
             let ranges_len = readable - HEADER_LEN;
             if ranges_len != RANGE_LEN {
-                return Err(reject(if ranges_len % RANGE_LEN == 0 && ranges_len > 0 {
-                    RequestError::TooManyRanges(ranges_len / RANGE_LEN)
-                } else {
-                    RequestError::WrongLayout {
-                        kind: req_type,
-                        readable,
-                        writable,
-                    }
-                }));
+                return Err(reject(
+                    if ranges_len.is_multiple_of(RANGE_LEN) && ranges_len > 0 {
+                        RequestError::TooManyRanges(ranges_len / RANGE_LEN)
+                    } else {
+                        RequestError::WrongLayout {
+                            kind: req_type,
+                            readable,
+                            writable,
+                        }
+                    },
+                ));
             }
             let mut raw = [0u8; RANGE_LEN as usize];
             gather_from(mem, readable_segs(&buf.descs), HEADER_LEN, &mut raw).map_err(reject)?;
@@ -381,7 +383,7 @@ where
 }
 
 fn aligned(len: u64) -> Result<(), RequestError> {
-    if len % SECTOR_SIZE == 0 {
+    if len.is_multiple_of(SECTOR_SIZE) {
         Ok(())
     } else {
         Err(RequestError::Unaligned(len))

@@ -449,12 +449,6 @@ impl Worker {
             }
         }
     }
-
-    /// Give the queues back (for tests inspecting their state).
-    #[cfg(test)]
-    pub(crate) fn queue(&self, i: usize) -> &Queue {
-        &self.queues[i].queue
-    }
 }
 
 impl Drop for Worker {

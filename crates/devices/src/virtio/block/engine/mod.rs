@@ -59,7 +59,7 @@ pub struct Completion {
 #[derive(Debug)]
 pub enum Engine {
     Sync(SyncEngine),
-    Uring(UringEngine),
+    Uring(Box<UringEngine>),
 }
 
 impl Engine {
@@ -69,7 +69,7 @@ impl Engine {
     pub fn new(disk: Arc<Disk>, prefer: EngineKind, depth: u32) -> Engine {
         if prefer == EngineKind::IoUring {
             if let Ok(engine) = UringEngine::new(disk.clone(), depth) {
-                return Engine::Uring(engine);
+                return Engine::Uring(Box::new(engine));
             }
         }
         Engine::Sync(SyncEngine::new(disk))
