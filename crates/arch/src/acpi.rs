@@ -1,12 +1,14 @@
 //! ACPI tables that describe the platform to the guest: RSDP -> XSDT ->
 //! FADT (hardware-reduced; sleep control and reset registers) -> DSDT (COM1,
-//! pvpanic, the S5 sleep state), and MADT (one local APIC per vCPU, one IOAPIC).
+//! pvpanic, the S5 sleep state, and with PCI the host bridge `\_SB_.PCI0`
+//! and a motherboard-resources device reserving ECAM), MADT (one local APIC
+//! per vCPU, one IOAPIC) and, with PCI, MCFG (the ECAM region).
 //! They are written into the BIOS area at `ACPI_START`, where the guest finds
 //! the RSDP (it is also passed explicitly through boot_params / PVH start info).
 
-use acpi_tables::{aml, fadt, gas, madt, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
+use acpi_tables::{aml, fadt, gas, madt, mcfg, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
 use memory::layout::{
-    ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
+    self, ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_START, LAPIC_START,
     PVPANIC_PORT,
 };
@@ -40,8 +42,100 @@ fn io_register(port: u16) -> gas::GAS {
     )
 }
 
+/// The PCI host bridge the tables describe: segment 0, bus 0, ECAM and the
+/// 32-bit BAR window at their fixed addresses (`memory::layout`), and the
+/// 64-bit BAR window, which depends on the RAM size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciHost {
+    pub mmio64_start: u64,
+    pub mmio64_size: u64,
+}
+
+impl PciHost {
+    /// The host bridge of a guest with `ram_mib` MiB of RAM.
+    pub fn for_memory(ram_mib: u64) -> Self {
+        let (mmio64_start, mmio64_size) = layout::pci_mmio64_window(ram_mib);
+        PciHost {
+            mmio64_start,
+            mmio64_size,
+        }
+    }
+}
+
+/// `\_SB_.PCI0` (a PCIe host bridge; its _CRS gives the bus range, the
+/// configuration ports, the I/O windows and both BAR windows) and
+/// `\_SB_.MBRD`, motherboard resources that reserve the ECAM region so
+/// Linux accepts MMCONFIG.
+fn pci_host_aml(pci: &PciHost, sink: &mut Sdt) {
+    let mmio32_end = (layout::PCI_MMIO_32_START + layout::PCI_MMIO_32_SIZE - 1) as u32;
+    let mmio64_end = pci.mmio64_start + pci.mmio64_size - 1;
+    let cfg_port = layout::PCI_CONFIG_IO_PORT;
+    aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::AddressSpace::new_bus_number(0u16, u16::from(layout::PCI_LAST_BUS)),
+                    &aml::IO::new(cfg_port, cfg_port, 1, layout::PCI_CONFIG_IO_PORT_SIZE as u8),
+                    &aml::AddressSpace::new_io(0u16, cfg_port - 1, None),
+                    &aml::AddressSpace::new_io(
+                        cfg_port + layout::PCI_CONFIG_IO_PORT_SIZE as u16,
+                        0xffffu16,
+                        None,
+                    ),
+                    &aml::AddressSpace::new_memory(
+                        aml::AddressSpaceCacheable::NotCacheable,
+                        true,
+                        layout::PCI_MMIO_32_START as u32,
+                        mmio32_end,
+                        None,
+                    ),
+                    &aml::AddressSpace::new_memory(
+                        aml::AddressSpaceCacheable::NotCacheable,
+                        true,
+                        pci.mmio64_start,
+                        mmio64_end,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+    aml::Device::new(
+        "_SB_.MBRD".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::Memory32Fixed::new(
+                    true,
+                    layout::PCI_ECAM_START as u32,
+                    layout::PCI_ECAM_SIZE as u32,
+                )]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// MCFG: one ECAM region for segment 0, buses 0..=PCI_LAST_BUS.
+fn mcfg() -> Vec<u8> {
+    let mut m = mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    m.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_LAST_BUS);
+    to_bytes(&m)
+}
+
 /// The DSDT: platform devices the guest cannot probe by itself.
-fn dsdt() -> Vec<u8> {
+fn dsdt(pci: Option<&PciHost>) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // Each object is built and emitted in one statement: the aml builders
     // borrow their children, so the temporaries must live that long.
@@ -71,6 +165,9 @@ fn dsdt() -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut dsdt);
+    if let Some(pci) = pci {
+        pci_host_aml(pci, &mut dsdt);
+    }
     aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&ACPI_S5_SLEEP_TYPE, &ACPI_S5_SLEEP_TYPE, &0u8, &0u8]),
@@ -115,6 +212,16 @@ fn madt(vcpus: u8) -> Vec<u8> {
 /// Build the tables for `vcpus` CPUs, write them to guest memory and return
 /// the RSDP's address.
 pub fn write_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<u64> {
+    write_acpi_tables_with_pci(mem, vcpus, None)
+}
+
+/// Like `write_acpi_tables`, and with `pci` also describe the PCI host
+/// bridge (DSDT) and its ECAM region (MCFG).
+pub fn write_acpi_tables_with_pci(
+    mem: &GuestMemory,
+    vcpus: u8,
+    pci: Option<&PciHost>,
+) -> Result<u64> {
     // RSDP first (fixed address), then each table on a 16-byte boundary.
     let mut next = ACPI_START + 64;
     let mut place = |bytes: &[u8], what: &'static str| -> Result<u64> {
@@ -128,12 +235,15 @@ pub fn write_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<u64> {
         next = (end + 15) & !15;
         Ok(addr)
     };
-    let dsdt_addr = place(&dsdt(), "DSDT")?;
+    let dsdt_addr = place(&dsdt(pci), "DSDT")?;
     let fadt_addr = place(&fadt(dsdt_addr), "FADT")?;
     let madt_addr = place(&madt(vcpus), "MADT")?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if pci.is_some() {
+        xsdt.add_entry(place(&mcfg(), "MCFG")?);
+    }
     let xsdt_addr = place(&to_bytes(&xsdt), "XSDT")?;
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     mem.write_slice(&rsdp, GuestAddress(ACPI_START))
@@ -154,11 +264,56 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        for t in [dsdt(), fadt(0x1234), madt(4)] {
+        for t in [dsdt(None), fadt(0x1234), madt(4)] {
             let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
             assert_eq!(len, t.len());
             assert!(checksum_ok(&t), "bad checksum in {:?}", &t[0..4]);
         }
+    }
+
+    #[test]
+    fn pci_tables_are_valid_and_describe_the_host_bridge() {
+        let pci = PciHost::for_memory(512);
+        let d = dsdt(Some(&pci));
+        let m = mcfg();
+        for t in [&d, &m] {
+            let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
+            assert_eq!(len, t.len());
+            assert!(checksum_ok(t));
+        }
+        let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        assert!(find(&d, b"PCI0"));
+        assert!(find(&d, b"MBRD"));
+        assert!(find(&d, b"_CRS"));
+        // EISA id PNP0A08 compressed: 0x41d0 0x0a08 (big-endian product).
+        assert!(find(&d, &[0x41, 0xd0, 0x0a, 0x08]));
+        assert!(find(&d, &[0x41, 0xd0, 0x0c, 0x02]));
+        assert!(find(&d, &pci.mmio64_start.to_le_bytes()));
+        assert!(find(&d, &(layout::PCI_ECAM_START as u32).to_le_bytes()));
+        // MCFG: 36-byte header, 8 reserved, one 16-byte entry.
+        assert_eq!(m.len(), 36 + 8 + 16);
+        assert_eq!(&m[0..4], b"MCFG");
+        assert_eq!(&m[44..52], &layout::PCI_ECAM_START.to_le_bytes());
+        assert_eq!((m[54], m[55]), (0, layout::PCI_LAST_BUS));
+    }
+
+    #[test]
+    fn xsdt_lists_mcfg_only_with_pci() {
+        let mem = memory::create_guest_memory(16).unwrap();
+        let xsdt_entries = |mem: &GuestMemory| -> Vec<[u8; 4]> {
+            let xsdt: u64 = mem.read_obj(GuestAddress(ACPI_START + 24)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(xsdt + 4)).unwrap();
+            (0..(len as u64 - 36) / 8)
+                .map(|i| {
+                    let t: u64 = mem.read_obj(GuestAddress(xsdt + 36 + 8 * i)).unwrap();
+                    mem.read_obj(GuestAddress(t)).unwrap()
+                })
+                .collect()
+        };
+        write_acpi_tables(&mem, 1).unwrap();
+        assert_eq!(xsdt_entries(&mem), vec![*b"FACP", *b"APIC"]);
+        write_acpi_tables_with_pci(&mem, 1, Some(&PciHost::for_memory(16))).unwrap();
+        assert_eq!(xsdt_entries(&mem), vec![*b"FACP", *b"APIC", *b"MCFG"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
 use memory::layout::{
     ACPI_END, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_32_START,
-    PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,
+    PCI_ECAM_SIZE, PCI_ECAM_START, PVH_INFO_START, PVH_MEMMAP_START, ZERO_PAGE_START,
 };
 use memory::GuestMemory;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -175,6 +175,8 @@ pub fn memory_map(mem: &GuestMemory) -> Vec<(u64, u64, u32)> {
             map.push((start, end - start, E820_RAM));
         }
     }
+    // The PCI ECAM region: Linux uses MMCONFIG only where it is reserved.
+    map.push((PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED));
     map
 }
 
@@ -272,6 +274,7 @@ mod tests {
         assert_eq!(map[0], (0, EBDA_START, E820_RAM));
         assert!(map.contains(&(HIMEM_START, MMIO_32_START - HIMEM_START, E820_RAM)));
         assert!(map.contains(&(RAM_64_START, 1 << 30, E820_RAM)));
+        assert!(map.contains(&(PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED)));
     }
 
     #[test]
