@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod event_loop;
 pub mod exit;
+pub mod pci;
 pub mod vcpu;
 
 use std::path::PathBuf;
