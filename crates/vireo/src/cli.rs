@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use vmm::config::DiskConfig;
 use vmm::{ConsoleConfig, VmConfig};
 
 use crate::size;
@@ -91,6 +92,10 @@ pub struct RunArgs {
     /// Serial console: stdio, off, or file=PATH
     #[arg(long, value_name = "MODE", value_parser = parse_console)]
     pub console: Option<ConsoleConfig>,
+    /// A virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,id=NAME].
+    /// Repeat for more disks; the guest sees them as vda, vdb, ...
+    #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
     /// Run inside the nested emulation rig: auto (when /dev/kvm cannot run
     /// stock kernels), always, or never
     #[arg(long, value_name = "WHEN", default_value = "auto")]
@@ -123,6 +128,41 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
             )),
         },
     }
+}
+
+/// Parse `path=FILE[,readonly=on|off][,id=NAME]`.
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        readonly: false,
+        id: None,
+    };
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid disk '{s}': '{part}' is not key=value"))?;
+        match key {
+            "path" if !value.is_empty() => disk.path = PathBuf::from(value),
+            "readonly" | "ro" => {
+                disk.readonly = match value {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(format!("invalid disk '{s}': readonly is on or off")),
+                }
+            }
+            "id" if value.len() <= 20 => disk.id = Some(value.to_string()),
+            "id" => return Err(format!("invalid disk '{s}': id is at most 20 bytes")),
+            _ => {
+                return Err(format!(
+                    "invalid disk '{s}': unknown or empty key '{key}' (use path=FILE[,readonly=on][,id=NAME])"
+                ))
+            }
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err(format!("invalid disk '{s}': path=FILE is required"));
+    }
+    Ok(disk)
 }
 
 /// What `vireo run` was asked for: a VM configuration, possibly without a
@@ -163,6 +203,7 @@ impl RunArgs {
         if let Some(c) = &self.console {
             config.console = c.clone();
         }
+        config.disks.extend(self.disks.iter().cloned());
         Ok(RunRequest {
             config,
             use_default_guest,
@@ -221,6 +262,33 @@ mod tests {
             let err = run_args(&[flag, val]).err().unwrap().to_string();
             assert!(err.contains(val), "{err}");
         }
+    }
+
+    #[test]
+    fn disks_parse_and_repeat() {
+        let r = run_args(&[
+            "--disk",
+            "path=/a.img",
+            "--disk",
+            "path=/b.img,readonly=on,id=data",
+        ])
+        .unwrap();
+        let d = r.to_request().unwrap().config.disks;
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].path, PathBuf::from("/a.img"));
+        assert!(!d[0].readonly);
+        assert!(d[1].readonly);
+        assert_eq!(d[1].id.as_deref(), Some("data"));
+        for bad in [
+            "/a.img",
+            "path=",
+            "readonly=on",
+            "path=/a,readonly=maybe",
+            "path=/a,size=3",
+        ] {
+            assert!(run_args(&["--disk", bad]).is_err(), "{bad}");
+        }
+        assert!(run_args(&["--disk", "path=/a,id=123456789012345678901"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use memory::GuestMemory;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, DiskConfig, VmConfig};
 use crate::exit::ExitNotifier;
 use crate::vcpu::Buses;
 use crate::{console, Error};
@@ -54,6 +54,28 @@ fn open_file(path: &Path, what: &'static str) -> Result<File, Error> {
     File::open(path).map_err(err)
 }
 
+/// A disk must be a regular file or a block device, openable in its mode.
+fn check_disk(disk: &DiskConfig) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |source| Error::Open {
+        what: "disk",
+        path: disk.path.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(&disk.path).map_err(err)?;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Err(err(std::io::Error::other(
+            "not a regular file or block device",
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.readonly)
+        .open(&disk.path)
+        .map_err(err)?;
+    Ok(())
+}
+
 fn eventfd() -> Result<EventFd, Error> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
         what: "eventfd",
@@ -84,6 +106,9 @@ pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     })?;
     if let Some(p) = &config.initrd {
         open_file(p, "initrd")?;
+    }
+    for disk in &config.disks {
+        check_disk(disk)?;
     }
     if let ConsoleConfig::File(path) = &config.console {
         console::serial_output(&ConsoleConfig::File(path.clone()))?;
