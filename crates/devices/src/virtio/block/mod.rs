@@ -14,6 +14,8 @@
 //!   the guest once per batch (respecting EVENT_IDX).
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
+//! - `fuzzing.rs` (tests and the `fuzzing` feature): the harness the
+//!   cargo-fuzz target in `fuzz/` and the fuzz-lite test share.
 
 mod device;
 mod disk;
@@ -25,6 +27,8 @@ mod worker;
 
 #[cfg(test)]
 mod fuzz_lite;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod test_utils;
 #[cfg(test)]

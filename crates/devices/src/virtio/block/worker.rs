@@ -214,6 +214,7 @@ impl Worker {
         let mut budget = q.queue.size();
         loop {
             let _ = self.queues[qi].queue.disable_notification(&self.mem);
+            let mut popped = false;
             loop {
                 if budget == 0 {
                     self.queues[qi].more = true;
@@ -227,6 +228,7 @@ impl Worker {
                     self.free.push(slot_id);
                     break;
                 };
+                popped = true;
                 budget -= 1;
                 let head = chain.head_index();
                 let slot = &mut self.slots[slot_id as usize];
@@ -247,8 +249,11 @@ impl Worker {
                 }
             }
             // Re-enable notifications; if chains arrived meanwhile, go on.
+            // A ring that claims more chains but yields none (an avail index
+            // more than a queue size ahead) is left alone until the next kick
+            // rather than spun on.
             match self.queues[qi].queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
+                Ok(true) if popped => continue,
                 _ => return,
             }
         }
