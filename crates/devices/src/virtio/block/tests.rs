@@ -470,3 +470,95 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 }
 
 use vm_memory::Address;
+
+/// Both engines through the same requests, served by `run_once`.
+#[test]
+fn both_engines_serve_every_request_type() {
+    for engine in [EngineKind::IoUring, EngineKind::Sync] {
+        let img = TempImage::patterned(IMG);
+        let mem = guest_memory();
+        let mut d = Driver::new(&mem, QUEUE_SIZE);
+        let metrics = Arc::new(BlockMetrics::default());
+        let irq = Arc::new(TestInterrupt::default());
+        let mut w = d.worker_with(img.disk(false), irq, metrics.clone(), engine);
+        let data = vec![0x77u8; 65536];
+        let wr = d.write(100, &data);
+        let rd = d.read(50, 8192);
+        let fl = d.bare(VIRTIO_BLK_T_FLUSH);
+        let id = d.get_id(20);
+        let di = d.zero_range(VIRTIO_BLK_T_DISCARD, 512, 256, 0);
+        let wz = d.zero_range(VIRTIO_BLK_T_WRITE_ZEROES, 1024, 8, 0);
+        let bad = d.read(IMG / 512, 512);
+        w.run_once();
+        for r in [wr, rd, fl, id, di, wz] {
+            assert_eq!(d.status(&r), OK, "{engine:?}");
+        }
+        assert_eq!(d.status(&bad), IOERR);
+        assert_eq!(img.read_at(100 * 512, 65536), data);
+        assert_eq!(d.bytes(rd.data, 8192), img.read_at(50 * 512, 8192));
+        assert_eq!(img.read_at(512 * 512, 256 * 512), vec![0; 256 * 512]);
+        assert_eq!(img.read_at(1024 * 512, 8 * 512), vec![0; 8 * 512]);
+        assert_eq!(BlockMetrics::get(&metrics.io_errors), 0);
+        assert_eq!(BlockMetrics::get(&metrics.invalid_requests), 1);
+    }
+}
+
+/// tmpfs has no FALLOC_FL_ZERO_RANGE: WRITE_ZEROES falls back to writing
+/// zeros (from either engine).
+#[test]
+fn write_zeroes_falls_back_where_zero_range_is_unsupported() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("no /dev/shm, skipped");
+        return;
+    }
+    for engine in [EngineKind::IoUring, EngineKind::Sync] {
+        let img = TempImage::patterned(IMG);
+        let path = shm.join(img.path.file_name().unwrap());
+        std::fs::copy(&img.path, &path).unwrap();
+        let disk = Arc::new(Disk::open(&path, false, None).unwrap());
+        let mem = guest_memory();
+        let mut d = Driver::new(&mem, QUEUE_SIZE);
+        let irq = Arc::new(TestInterrupt::default());
+        let mut w = d.worker_with(disk, irq, Arc::new(BlockMetrics::default()), engine);
+        let wz = d.zero_range(VIRTIO_BLK_T_WRITE_ZEROES, 16, 16, 0);
+        let di = d.zero_range(VIRTIO_BLK_T_DISCARD, 64, 16, 0);
+        w.run_once();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(d.status(&wz), OK, "{engine:?}");
+        assert_eq!(d.status(&di), OK, "{engine:?}");
+        assert_eq!(bytes[16 * 512..32 * 512], [0; 16 * 512]);
+        assert_eq!(bytes[64 * 512..80 * 512], [0; 16 * 512]);
+        assert_eq!(bytes[32 * 512], pattern_byte(32));
+    }
+}
+
+/// The image shrinking under a running device turns reads past its new end
+/// into IOERR instead of garbage or a hang.
+#[test]
+fn read_past_a_truncated_image_fails() {
+    for engine in [EngineKind::IoUring, EngineKind::Sync] {
+        let img = TempImage::patterned(IMG);
+        let mem = guest_memory();
+        let mut d = Driver::new(&mem, QUEUE_SIZE);
+        let irq = Arc::new(TestInterrupt::default());
+        let mut w = d.worker_with(
+            img.disk(false),
+            irq,
+            Arc::new(BlockMetrics::default()),
+            engine,
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.path)
+            .unwrap()
+            .set_len(IMG / 2 + 1024)
+            .unwrap();
+        let beyond = d.read(IMG / 512 - 8, 4096);
+        let partly = d.read(IMG / 1024, 4096);
+        w.run_once();
+        assert_eq!(d.status(&beyond), IOERR, "{engine:?}");
+        assert_eq!(d.status(&partly), IOERR, "{engine:?}");
+    }
+}
