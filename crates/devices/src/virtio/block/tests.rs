@@ -562,3 +562,37 @@ fn read_past_a_truncated_image_fails() {
         assert_eq!(d.status(&partly), IOERR, "{engine:?}");
     }
 }
+
+/// The layout is not assumed: header and data may share a descriptor, the
+/// header may be split, data and status may share one.
+#[test]
+fn any_layout_is_accepted() {
+    let img = TempImage::patterned(IMG);
+    let mem = guest_memory();
+    let mut d = Driver::new(&mem, QUEUE_SIZE);
+    let mut w = d.worker(img.disk(false), Arc::new(TestInterrupt::default()));
+    // Write: header + 512 bytes of data in one readable descriptor.
+    let buf = d.alloc(16 + 512);
+    let mut bytes = vec![0u8; 16 + 512];
+    bytes[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+    bytes[8..16].copy_from_slice(&7u64.to_le_bytes());
+    bytes[16..].fill(0x3c);
+    mem.write_slice(&bytes, buf).unwrap();
+    let s1 = d.status_byte();
+    let w1 = d.add_chain(&[(buf, 16 + 512, false), (s1, 1, true)]);
+    // Read: header split 10 + 6, data and status in one writable descriptor.
+    let h = d.header(VIRTIO_BLK_T_IN, 7);
+    let out = d.alloc(513);
+    let r1 = d.add_chain(&[
+        (h, 10, false),
+        (h.unchecked_add(10), 6, false),
+        (out, 513, true),
+    ]);
+    w.run_once();
+    assert_eq!(mem.read_obj::<u8>(s1).unwrap(), OK);
+    assert_eq!(img.read_at(7 * 512, 512), vec![0x3c; 512]);
+    assert_eq!(d.used_len(w1), 1);
+    assert_eq!(d.bytes(out, 512), vec![0x3c; 512]);
+    assert_eq!(mem.read_obj::<u8>(out.unchecked_add(512)).unwrap(), OK);
+    assert_eq!(d.used_len(r1), 513);
+}
