@@ -30,3 +30,32 @@ fn l1_runs_a_copied_program_with_kvm_available() {
     assert!(out.log.contains("to-the-log"), "{dump}");
     assert!(!out.log.contains("VIREO_RIG_EXIT"), "{dump}");
 }
+
+/// L1 dying (here: its kernel panics) is an error that shows the end of
+/// L1's control log, not a hang or a made-up status.
+#[test]
+fn l1_death_is_reported_with_the_control_log_tail() {
+    let err = rig::run_l1_script(
+        "echo last words >&2; echo c > /proc/sysrq-trigger; sleep 60",
+        &[],
+        Duration::from_secs(240),
+    )
+    .expect_err("a panicking L1 cannot report a status");
+    let msg = err.to_string();
+    assert!(matches!(err, rig::RigError::NoMarker { .. }), "{msg}");
+    assert!(msg.contains("Kernel panic"), "{msg}");
+}
+
+/// A run past its timeout is stopped, and its QEMU does not linger.
+#[test]
+fn timeout_stops_qemu() {
+    let start = std::time::Instant::now();
+    let err =
+        rig::run_l1_script("sleep 600", &[], Duration::from_secs(2)).expect_err("must time out");
+    assert!(matches!(err, rig::RigError::Timeout(_)), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+}

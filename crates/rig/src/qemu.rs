@@ -305,13 +305,23 @@ fn split_marker(log: &str) -> (Option<i32>, String) {
     (code, rest)
 }
 
+/// The last `n` non-empty lines of the control log; a kernel panic or oops
+/// line earlier in the log (its stack dump follows it) is put first.
 fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(n)..];
+    let start = lines.len().saturating_sub(n);
+    let tail = &lines[start..];
     if tail.is_empty() {
-        "(the control log is empty)".into()
-    } else {
-        tail.join("\n")
+        return "(the control log is empty)".into();
+    }
+    let headline = lines[..start].iter().find(|l| {
+        ["Kernel panic", "BUG:", "Oops:", "Out of memory"]
+            .iter()
+            .any(|k| l.contains(k))
+    });
+    match headline {
+        Some(h) => format!("{h}\n...\n{}", tail.join("\n")),
+        None => tail.join("\n"),
     }
 }
 
@@ -434,6 +444,12 @@ mod tests {
     fn tail_keeps_the_last_non_empty_lines() {
         assert_eq!(tail_lines("1\n\n2\n3\n", 2), "2\n3");
         assert!(tail_lines("", 3).contains("empty"));
+        let log = "Kernel panic - not syncing: x\n1\n2\n3\n";
+        assert_eq!(
+            tail_lines(log, 2),
+            "Kernel panic - not syncing: x\n...\n2\n3"
+        );
+        assert_eq!(tail_lines(log, 4), log.trim_end());
     }
 
     #[test]
