@@ -150,6 +150,12 @@ pub fn sweep_stale(dir: &Path, stem: &str) {
 /// Call with the lock held.
 pub fn publish(tmp: &Path, target: &Path) -> Result<(), GuestError> {
     if target.exists() {
+        // Swap the two in one step, so `target` never goes missing.
+        if exchange(tmp, target).is_ok() {
+            let _ = std::fs::remove_dir_all(tmp);
+            return Ok(());
+        }
+        // A filesystem without RENAME_EXCHANGE: two renames.
         let old = temp_dir_for(target)?;
         std::fs::remove_dir(&old).map_err(|e| GuestError::io(&old, e))?;
         std::fs::rename(target, &old).map_err(|e| GuestError::io(target, e))?;
@@ -159,6 +165,32 @@ pub fn publish(tmp: &Path, target: &Path) -> Result<(), GuestError> {
         std::fs::rename(tmp, target).map_err(|e| GuestError::io(target, e))?;
     }
     Ok(())
+}
+
+/// Atomically exchanges two paths (`renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive
+    // the call; renameat2 does not keep them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Removes a directory tree when dropped unless disarmed: cleans up a

@@ -55,7 +55,8 @@ pub fn ensure_kernel_package(flavour: &str) -> Result<KernelPackage, GuestError>
     let mut cleanup = RemoveOnDrop(Some(tmp.clone()));
     let x = tmp.join("x");
     apt::extract(&deb, &x)?;
-    let kernel_version = crate::only_subdir(&x.join("lib/modules"), &package)?;
+    let x_modules = crate::unpacked(&x, "lib/modules", &package)?;
+    let kernel_version = crate::only_subdir(&x_modules, &package)?;
     let rename = |from: PathBuf, to: PathBuf| {
         std::fs::rename(&from, &to).map_err(|e| GuestError::io(&from, e))
     };
@@ -65,7 +66,7 @@ pub fn ensure_kernel_package(flavour: &str) -> Result<KernelPackage, GuestError>
     )?;
     std::fs::create_dir(tmp.join("modules")).map_err(|e| GuestError::io(&tmp, e))?;
     rename(
-        x.join("lib/modules").join(&kernel_version),
+        x_modules.join(&kernel_version),
         tmp.join("modules").join(&kernel_version),
     )?;
     std::fs::remove_dir_all(&x).map_err(|e| GuestError::io(&x, e))?;

@@ -199,13 +199,17 @@ fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
     apt::extract(&kernel_deb, &x)?;
     apt::extract(&busybox_deb, &x)?;
 
-    let kernel_version = only_subdir(&x.join("lib/modules"), &kernel_pkg)?;
+    let x_modules = unpacked(&x, "lib/modules", &kernel_pkg)?;
+    let kernel_version = only_subdir(&x_modules, &kernel_pkg)?;
     let vmlinuz = x.join(format!("boot/vmlinuz-{kernel_version}"));
     rename(&vmlinuz, &tmp.join("vmlinuz"))?;
     std::fs::create_dir(tmp.join("modules")).map_err(|e| GuestError::io(&tmp, e))?;
     let modules_dir = tmp.join("modules").join(&kernel_version);
-    rename(&x.join("lib/modules").join(&kernel_version), &modules_dir)?;
-    rename(&x.join("bin/busybox"), &tmp.join("busybox"))?;
+    rename(&x_modules.join(&kernel_version), &modules_dir)?;
+    rename(
+        &unpacked(&x, "bin/busybox", "busybox-static")?,
+        &tmp.join("busybox"),
+    )?;
     std::fs::remove_dir_all(&x).map_err(|e| GuestError::io(&x, e))?;
 
     let index = ModuleIndex::load(&modules_dir)?;
@@ -237,6 +241,18 @@ fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
 
 fn rename(from: &Path, to: &Path) -> Result<(), GuestError> {
     std::fs::rename(from, to).map_err(|e| GuestError::io(from, e))
+}
+
+/// `rel` inside an unpacked package tree `x`, at `/rel` or, for packages
+/// built for a merged /usr (Debian 13 on), at `/usr/rel`.
+pub(crate) fn unpacked(x: &Path, rel: &str, package: &str) -> Result<PathBuf, GuestError> {
+    [x.join(rel), x.join("usr").join(rel)]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| GuestError::BadPackage {
+            package: package.into(),
+            why: format!("it has neither /{rel} nor /usr/{rel}"),
+        })
 }
 
 /// The single directory name under `dir` (the kernel version).
