@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{run_guest, vireo, Outcome, QUICK_TIMEOUT};
+use std::time::{Duration, Instant};
+
+use common::{is_running, run_guest, vireo, vireo_signalled, Outcome, BOOT_TIMEOUT, QUICK_TIMEOUT};
 
 /// MemTotal in MiB from a `MemTotal: N kB` line.
 fn mem_total_mib(o: &Outcome) -> u64 {
@@ -118,6 +120,40 @@ fn guest_panic_exits_nonzero_with_a_clear_line() {
         "console output leaked to stdout\n{}",
         o.dump()
     );
+}
+
+/// SIGTERM while the guest runs ends vireo promptly with a failure status,
+/// and leaves no QEMU (or other child) running.
+#[test]
+fn sigterm_stops_vireo_and_leaves_no_children() {
+    let (o, children) = vireo_signalled(
+        &["run", "--", "sleep", "600"],
+        BOOT_TIMEOUT,
+        Duration::from_secs(8),
+        libc::SIGTERM,
+    );
+    assert!(
+        matches!(o.code, Some(c) if c != 0),
+        "SIGTERM must not look like success\n{}",
+        o.dump()
+    );
+    assert!(
+        o.elapsed < Duration::from_secs(60),
+        "vireo took {:?} to stop\n{}",
+        o.elapsed,
+        o.dump()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in children {
+        while is_running(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !is_running(pid),
+            "child {pid} of vireo survived it\n{}",
+            o.dump()
+        );
+    }
 }
 
 /// A bad invocation fails quickly, non-zero, with exactly one error line

@@ -93,7 +93,57 @@ pub fn announce_path() {
 /// Runs `vireo ARGS` with no stdin and waits at most `timeout`; a run that
 /// takes longer is killed (its QEMU dies with it) and fails the test.
 pub fn vireo(args: &[&str], timeout: Duration) -> Outcome {
+    run_vireo(args, timeout, None).0
+}
+
+/// Like [`vireo`], but sends `signal` to vireo after `after`; also returns
+/// the pids of vireo's child processes (the rig's QEMU) at that moment.
+pub fn vireo_signalled(
+    args: &[&str],
+    timeout: Duration,
+    after: Duration,
+    signal: i32,
+) -> (Outcome, Vec<i32>) {
+    run_vireo(args, timeout, Some((after, signal)))
+}
+
+/// Pids of the processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // "pid (comm) state ppid ...": comm may hold spaces.
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is still running (a zombie awaiting its reaper counts as
+/// gone).
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.get(s.rfind(')')? + 2..).map(|r| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn run_vireo(
+    args: &[&str],
+    timeout: Duration,
+    signal: Option<(Duration, i32)>,
+) -> (Outcome, Vec<i32>) {
     announce_path();
+    let mut signal = signal;
+    let mut children = Vec::new();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
@@ -119,6 +169,17 @@ pub fn vireo(args: &[&str], timeout: Duration) -> Outcome {
         if let Some(s) = child.try_wait().expect("wait for vireo") {
             break Some(s);
         }
+        if let Some((after, sig)) = signal.filter(|(after, _)| start.elapsed() > *after) {
+            let pid = i32::try_from(child.id()).expect("pid fits i32");
+            children = children_of(pid);
+            say(&format!(
+                "  sending signal {sig} to vireo after {after:?}; its children: {children:?}"
+            ));
+            // SAFETY: kill has no memory-safety preconditions; `pid` is our
+            // child and not yet reaped.
+            unsafe { libc::kill(pid, sig) };
+            signal = None;
+        }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
@@ -142,7 +203,7 @@ pub fn vireo(args: &[&str], timeout: Duration) -> Outcome {
         "  vireo {:?}: exit {:?} in {:.1?}",
         outcome.args, outcome.code, outcome.elapsed
     ));
-    outcome
+    (outcome, children)
 }
 
 /// `vireo run ARGS` booting the default guest, with the boot timeout.
