@@ -58,6 +58,7 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 
 /// VIRTIO_RING_F_EVENT_IDX.
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
@@ -153,6 +154,9 @@ fn signal_config(shared: &Mutex<InterruptState>) -> std::io::Result<()> {
 pub struct VirtioPciDevice {
     config: ConfigSpace,
     msix_cap: usize,
+    /// The VIRTIO_PCI_CAP_PCI_CFG capability: a window into BAR 0 through
+    /// configuration space (bar, offset, length, then 4 data bytes).
+    pci_cfg_cap: usize,
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
     state: TransportState,
@@ -191,6 +195,17 @@ fn add_virtio_cap(
     body.extend_from_slice(&(length as u32).to_le_bytes());
     body.extend_from_slice(extra);
     config.add_capability(PCI_CAP_ID_VENDOR, &body, &[])
+}
+
+/// VIRTIO_PCI_CAP_PCI_CFG: bar, offset, length and the data bytes are
+/// writable by the driver.
+fn add_pci_cfg_cap(config: &mut ConfigSpace) -> Result<usize, ConfigError> {
+    let mut body = vec![20u8, CAP_PCI_CFG, BAR_INDEX as u8];
+    body.resize(18, 0);
+    let mut wmask = vec![0u8; 18];
+    wmask[2] = 0xff;
+    wmask[6..18].fill(0xff);
+    config.add_capability(PCI_CAP_ID_VENDOR, &body, &wmask)
 }
 
 impl VirtioPciDevice {
@@ -263,6 +278,7 @@ impl VirtioPciDevice {
             (queues * u64::from(NOTIFY_MULTIPLIER)).min(NOTIFY_LEN),
             &NOTIFY_MULTIPLIER.to_le_bytes(),
         )?;
+        let pci_cfg_cap = add_pci_cfg_cap(&mut config)?;
         let msix = Msix::new(vectors, res.gsis, res.msi_router)?;
         let kicks = (0..max_sizes.len())
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
@@ -270,6 +286,7 @@ impl VirtioPciDevice {
         Ok(VirtioPciDevice {
             config,
             msix_cap,
+            pci_cfg_cap,
             device,
             mem,
             state: TransportState::new(&max_sizes),
@@ -591,6 +608,27 @@ impl VirtioPciDevice {
     }
 }
 
+impl VirtioPciDevice {
+    fn touches_pci_cfg_data(&self, offset: usize, len: usize) -> bool {
+        let data = self.pci_cfg_cap + 16;
+        offset < data + 4 && offset.saturating_add(len) > data
+    }
+
+    /// The BAR 0 access the PCI_CFG capability describes: 1, 2 or 4 bytes,
+    /// aligned, inside the BAR; None for anything else.
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_cap;
+        let bar = self.config.read_u32(cap + 4) as u8;
+        let offset = u64::from(self.config.read_u32(cap + 8));
+        let len = self.config.read_u32(cap + 12) as usize;
+        (usize::from(bar) == BAR_INDEX
+            && matches!(len, 1 | 2 | 4)
+            && offset.is_multiple_of(len as u64)
+            && offset + len as u64 <= BAR_SIZE)
+            .then_some((offset, len))
+    }
+}
+
 /// A vector the guest asked for, or NO_VECTOR if the table has no such entry
 /// (the driver reads it back to find out).
 fn checked_vector(v: u16, vectors: u16) -> u16 {
@@ -630,6 +668,17 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            if let Some((bar_offset, len)) = self.pci_cfg_window() {
+                let mut window = [0u8; 4];
+                self.read_bar0(bar_offset, &mut window[..len]);
+                self.config.set_bytes(self.pci_cfg_cap + 16, &window);
+            }
+        }
+        self.config.read(offset, data);
+    }
+
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
         let control = self.msix_cap + 2;
@@ -637,6 +686,13 @@ impl PciDevice for VirtioPciDevice {
         if offset < control + 2 && end > control {
             let value = self.config.read_u16(control);
             lock(&self.interrupt).msix.set_control(value);
+        }
+        if self.touches_pci_cfg_data(offset, data.len()) {
+            if let Some((bar_offset, len)) = self.pci_cfg_window() {
+                let mut window = [0u8; 4];
+                self.config.read(self.pci_cfg_cap + 16, &mut window);
+                self.write_bar0(bar_offset, &window[..len]);
+            }
         }
     }
 

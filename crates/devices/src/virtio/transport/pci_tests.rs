@@ -210,8 +210,8 @@ fn identity_bar_and_capabilities() {
     // The capability chain: MSI-X, then common, ISR, device, notify.
     let caps = r.caps();
     let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
-    assert_eq!(ids, vec![0x11, 0x09, 0x09, 0x09, 0x09]);
-    let types: Vec<(u32, u32, u32)> = caps[1..]
+    assert_eq!(ids, vec![0x11, 0x09, 0x09, 0x09, 0x09, 0x09]);
+    let types: Vec<(u32, u32, u32)> = caps[1..5]
         .iter()
         .map(|(_, o)| {
             (
@@ -234,6 +234,21 @@ fn identity_bar_and_capabilities() {
     assert_eq!(r.cfg_read(caps[0].1 + 2, 2), 2, "MSI-X table size - 1");
     assert_eq!(r.read(NUM_QUEUES, 2), 2);
     assert_eq!(r.read(0x2003, 1), 3, "device config goes to the device");
+    // The PCI_CFG window: read num_queues through configuration space.
+    let pci_cfg = caps[5].1;
+    assert_eq!(r.cfg_read(pci_cfg + 3, 1), 5);
+    r.cfg_write(pci_cfg + 8, &(NUM_QUEUES as u32).to_le_bytes());
+    r.cfg_write(pci_cfg + 12, &2u32.to_le_bytes());
+    assert_eq!(r.cfg_read(pci_cfg + 16, 2), 2);
+    // ...and write queue_select through it.
+    r.cfg_write(pci_cfg + 8, &(QUEUE_SELECT as u32).to_le_bytes());
+    r.cfg_write(pci_cfg + 16, &1u16.to_le_bytes());
+    assert_eq!(r.read(QUEUE_SELECT, 2), 1);
+    // A misaligned or oversized window does nothing.
+    r.cfg_write(pci_cfg + 8, &0x7fffu32.to_le_bytes());
+    r.cfg_write(pci_cfg + 12, &4u32.to_le_bytes());
+    r.cfg_write(pci_cfg + 16, &[0xff; 4]);
+    assert_eq!(r.cfg_read(pci_cfg + 16, 4), 0xffff_ffff);
 }
 
 #[test]
