@@ -7,12 +7,16 @@
 //! input: no panic, no hang (the worker returns), and a read-only image is
 //! never modified.
 //!
-//! Input layout: byte 0 picks the queue size (1 << (b % 9)), byte 1 bit 0
-//! turns EVENT_IDX on and bit 1 picks the read-only disk, bytes 2..4 are the
-//! queue's starting next_avail; the rest is copied into guest memory from
-//! address 0. Guest memory is two 64 KiB regions with a 64 KiB hole between
-//! them; the descriptor table sits at 0, the avail ring at 0x1000, the used
-//! ring at 0x2000.
+//! Input layout (dense, so a fuzzer reaches the rings with short inputs):
+//! byte 0 picks the queue size (1 << (b % 9)); byte 1: bit 0 turns
+//! EVENT_IDX on, bit 1 picks the read-only disk, bit 2 folds descriptor
+//! addresses into the neighbourhood of guest memory (addr % FOLD) so that
+//! short inputs reach the deeper checks; bytes 2..4 are the queue's starting
+//! next_avail. Then 16 * size bytes of descriptor table, 6 + 2 * size bytes
+//! of avail ring, and the rest goes to the data area. Guest memory is two
+//! 64 KiB regions with a 64 KiB hole between them; the descriptor table sits
+//! at 0, the avail ring at 0x1000, the used ring at 0x2000, the data area at
+//! 0x3000.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +35,10 @@ pub const REGIONS: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1_0000)];
 pub const DESC_TABLE: u64 = 0;
 pub const AVAIL_RING: u64 = 0x1000;
 pub const USED_RING: u64 = 0x2000;
+pub const DATA_AREA: u64 = 0x3000;
+/// Folded descriptor addresses fall in [0, FOLD): both regions, the hole
+/// and a little past the end.
+pub const FOLD: u64 = 0x3_1000;
 /// Size of the disk image the harness serves.
 pub const IMAGE_LEN: u64 = 64 * 1024;
 
@@ -43,6 +51,17 @@ impl Interrupt for NoInterrupt {
     fn signal_config(&self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// What one input did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    /// Chains put on the used ring.
+    pub used: u16,
+    /// Reads, flushes and GET_IDs served.
+    pub served: u64,
+    /// Writes, discards and write-zeroes served (the image may change).
+    pub modifying: u64,
 }
 
 /// Temporary images and guest memory reused across inputs.
@@ -93,25 +112,38 @@ impl Harness {
         &self.mem
     }
 
-    /// Serve one input; returns how many chains reached the used ring and
-    /// how many valid requests reached the disk. Panics if the read-only
-    /// image changed.
-    pub fn run(&self, input: &[u8]) -> (u16, u64) {
+    /// Serve one input. Panics if the read-only image changed, or if the
+    /// read-write one changed without a write, discard or write-zeroes
+    /// request having been served.
+    pub fn run(&self, input: &[u8]) -> RunStats {
         let (size_sel, flags, next_avail) = match input {
             [a, b, c, d, ..] => (*a, *b, u16::from_le_bytes([*c, *d])),
-            _ => return (0, 0),
+            _ => return RunStats::default(),
         };
-        let body = &input[4..];
-        // Fresh memory: zero, then the input from address 0.
+        let size = 1u16 << (size_sel % 9);
+        // Fresh memory: zero, then the input's sections.
         for (start, len) in REGIONS {
             let _ = self.mem.write_slice(&vec![0u8; len], GuestAddress(start));
         }
-        let n = body.len().min(REGIONS[0].1);
-        let _ = self.mem.write_slice(&body[..n], GuestAddress(0));
+        let mut rest = &input[4..];
+        let mut section = |addr: u64, len: usize| {
+            let n = rest.len().min(len);
+            let _ = self.mem.write_slice(&rest[..n], GuestAddress(addr));
+            rest = &rest[n..];
+        };
+        section(DESC_TABLE, 16 * usize::from(size));
+        section(AVAIL_RING, 6 + 2 * usize::from(size));
+        section(DATA_AREA, REGIONS[0].1 - DATA_AREA as usize);
+        if flags & 4 != 0 {
+            for i in 0..u64::from(size) {
+                let at = GuestAddress(DESC_TABLE + 16 * i);
+                let addr: u64 = self.mem.read_obj(at).unwrap_or(0);
+                let _ = self.mem.write_obj(addr % FOLD, at);
+            }
+        }
         // The used index starts where the queue's next_used does.
         let _ = self.mem.write_obj(next_avail, GuestAddress(USED_RING + 2));
 
-        let size = 1u16 << (size_sel % 9);
         let mut queue = Queue::new(256).expect("queue");
         queue.set_size(size);
         queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
@@ -144,18 +176,19 @@ impl Harness {
         }
         let used: u16 = self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap_or(0);
         let m = &metrics;
-        let served = [
-            &m.reads,
-            &m.writes,
-            &m.flushes,
-            &m.get_ids,
-            &m.discards,
-            &m.write_zeroes,
-        ]
-        .iter()
-        .map(|c| BlockMetrics::get(c))
-        .sum();
-        (used.wrapping_sub(next_avail), served)
+        let get = |c| BlockMetrics::get(c);
+        let stats = RunStats {
+            used: used.wrapping_sub(next_avail),
+            served: get(&m.reads) + get(&m.flushes) + get(&m.get_ids),
+            modifying: get(&m.writes) + get(&m.discards) + get(&m.write_zeroes),
+        };
+        if !readonly && stats.modifying == 0 {
+            assert!(
+                self.rw_unchanged(),
+                "image modified without a write request"
+            );
+        }
+        stats
     }
 
     /// Whether the read-only image still holds its original bytes.
