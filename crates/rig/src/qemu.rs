@@ -175,7 +175,10 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
     let tail_thread = run.forward_log.then(|| {
         let stop = tail_stop.clone();
         let path = ctl.clone();
-        std::thread::spawn(move || tail_log(&path, &stop))
+        // QEMU keeps an interactive terminal in raw mode, where "\n" does
+        // not return the cursor to the left edge.
+        let crlf = run.console == Ttys0::Interactive;
+        std::thread::spawn(move || tail_log(&path, &stop, crlf))
     });
 
     let waited = wait(&mut child, run.timeout);
@@ -244,7 +247,7 @@ fn pump(mut r: impl Read, forward: bool) -> Vec<u8> {
 
 /// Follows the control log, printing complete lines (but the exit marker)
 /// to our stderr, until `stop` is set; then prints what is left.
-fn tail_log(path: &Path, stop: &AtomicBool) {
+fn tail_log(path: &Path, stop: &AtomicBool, crlf: bool) {
     let Ok(mut f) = std::fs::File::open(path) else {
         return;
     };
@@ -260,11 +263,11 @@ fn tail_log(path: &Path, stop: &AtomicBool) {
         }
         while let Some(i) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=i).collect();
-            print_log_line(&line);
+            print_log_line(&line, crlf);
         }
         if stopping {
             if !pending.is_empty() {
-                print_log_line(&pending);
+                print_log_line(&pending, crlf);
             }
             return;
         }
@@ -272,13 +275,17 @@ fn tail_log(path: &Path, stop: &AtomicBool) {
     }
 }
 
-fn print_log_line(line: &[u8]) {
+fn print_log_line(line: &[u8], crlf: bool) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches(['\r', '\n']);
     if text.starts_with(EXIT_MARKER) || is_noise(text) {
         return;
     }
-    eprintln!("{text}");
+    if crlf {
+        eprint!("{text}\r\n");
+    } else {
+        eprintln!("{text}");
+    }
 }
 
 /// L1 kernel lines every run prints, which tell the user nothing.
