@@ -66,6 +66,7 @@ run_one() {
     if [ "$rc" != 0 ] || [ "$marker" = -1 ] || [ "$killed" != 0 ]; then
         echo "BENCH-FAIL $name guest output: $l3 | $l2 | $l1"
         while IFS= read -r e; do echo "BENCH-FAIL $name stderr: $e"; done < $D/err
+        exit 1
     fi
 }
 first() { run_one @FIRST@$1 @FIRST_CMD@; }
@@ -116,7 +117,7 @@ pub struct ScriptVmm {
 
 /// The L1 script: one warm-up boot each, then `runs` rounds, each VMM once
 /// per round, the order flipped every round. Each boot is killed after
-/// `timeout`.
+/// `timeout`; the first failed boot ends the script (no `BENCH-DONE`).
 pub fn l1_script(first: &ScriptVmm, second: &ScriptVmm, runs: usize, timeout: Duration) -> String {
     SCRIPT
         .replace("@TIMEOUT@", &timeout.as_secs().max(1).to_string())
