@@ -136,4 +136,6 @@ fn script_kills_a_hung_vmm_and_reports_it() {
         e.contains("stuck-here") && e.contains("oops") && e.contains("killed=1"),
         "{e}"
     );
+    // The first failure ends the script: beta never ran.
+    assert!(!out.contains("name=beta"), "{out}");
 }
