@@ -209,6 +209,12 @@ fn random_layouts_never_panic_hang_or_corrupt_the_image() {
     let mut used_total = 0u64;
     let mut served_total = 0u64;
     let mut read_only_rounds_with_writes = 0u64;
+    // VIREO_FUZZ_SEEDS=fuzz/corpus/virtio_blk saves the first layouts as a
+    // seed corpus for the cargo-fuzz target.
+    let seeds = std::env::var_os("VIREO_FUZZ_SEEDS").map(std::path::PathBuf::from);
+    if let Some(dir) = &seeds {
+        let _ = std::fs::create_dir_all(dir);
+    }
     for iter in 0..3000 {
         let mode = iter % 3;
         let types: &[u32] = if mode == 2 { &READ_TYPES } else { &ALL_TYPES };
@@ -216,6 +222,11 @@ fn random_layouts_never_panic_hang_or_corrupt_the_image() {
         match mode {
             0 => input[1] |= 2,  // read-only disk, any request type
             _ => input[1] &= !2, // read-write disk
+        }
+        if let Some(dir) = &seeds {
+            if iter < 300 {
+                let _ = std::fs::write(dir.join(format!("fuzz-lite-{iter:04}")), &input);
+            }
         }
         let stats = harness.run(&input);
         used_total += u64::from(stats.used);
