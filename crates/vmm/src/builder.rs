@@ -21,9 +21,11 @@ use crate::exit::ExitNotifier;
 use crate::vcpu::Buses;
 use crate::{console, Error};
 
-/// Kernel arguments the platform itself needs. There is no PCI bus yet, so
-/// the guest should not look for one (it would log a fatal-sounding error).
+/// Kernel arguments the platform itself needs. Without PCI devices there is
+/// no PCI bus, so the guest should not look for one.
 const PLATFORM_CMDLINE: &str = "pci=off";
+/// With PCI devices: nothing extra (ACPI describes the host bridge).
+const PLATFORM_CMDLINE_PCI: &str = "";
 
 /// xAPIC ids are 8 bits and 0xff is broadcast.
 pub const MAX_VCPUS: usize = 254;
@@ -33,7 +35,9 @@ pub struct Vm {
     pub(crate) config: VmConfig,
     // Field order is drop order: vCPUs and the VM go before guest memory.
     pub(crate) vcpus: Vec<Vcpu>,
-    pub(crate) _vm: hypervisor::Vm,
+    pub(crate) _vm: Arc<hypervisor::Vm>,
+    /// The PCI segment, when the VM has PCI devices.
+    pub(crate) _pci: Option<crate::pci::PciSegment>,
     pub(crate) _memory: GuestMemory,
     pub(crate) buses: Arc<Buses>,
     pub(crate) serial: Arc<Mutex<Serial>>,
@@ -135,6 +139,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         unsafe { vm.map_memory(region.start_addr().0, region.len(), region.as_ptr() as u64)? };
     }
     vm.setup_platform(layout::KVM_TSS_START)?;
+    // Shared from here on: the PCI devices' MSI routing and ioeventfds use it.
+    let vm = Arc::new(vm);
 
     let exit = Arc::new(ExitNotifier::new().map_err(|source| Error::Io {
         what: "eventfd",
@@ -179,6 +185,24 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     for (port, len, dev) in platform {
         pio.insert(u64::from(port), len, dev)?;
     }
+    let mut mmio = Bus::new();
+    let pci = if config.disks.is_empty() {
+        None
+    } else {
+        let mut seg = crate::pci::PciSegment::new(vm.clone(), config.memory_mib)?;
+        seg.attach(&mut pio, &mut mmio)?;
+        for d in &config.disks {
+            // One queue per vCPU.
+            let blk = devices::virtio::block::Block::new(
+                &d.path,
+                d.readonly,
+                d.id.clone(),
+                u16::from(config.vcpus),
+            )?;
+            seg.add_virtio(Box::new(blk), &mem)?;
+        }
+        Some(seg)
+    };
 
     let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Load {
         what: "kernel",
@@ -195,13 +219,23 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         )?),
         _ => None,
     };
-    let cmdline_len = arch::boot::load_kernel_cmdline(&mem, &config.full_cmdline(PLATFORM_CMDLINE))
-        .map_err(|source| Error::Load {
-            what: "kernel command line",
-            path: Default::default(),
-            source,
-        })?;
-    let rsdp = arch::acpi::write_acpi_tables(&mem, config.vcpus)?;
+    let cmdline_len = arch::boot::load_kernel_cmdline(
+        &mem,
+        &config.full_cmdline(if pci.is_some() {
+            PLATFORM_CMDLINE_PCI
+        } else {
+            PLATFORM_CMDLINE
+        }),
+    )
+    .map_err(|source| Error::Load {
+        what: "kernel command line",
+        path: Default::default(),
+        source,
+    })?;
+    let pci_host = pci
+        .as_ref()
+        .map(|_| arch::acpi::PciHost::for_memory(config.memory_mib));
+    let rsdp = arch::acpi::write_acpi_tables_with_pci(&mem, config.vcpus, pci_host.as_ref())?;
     match kernel.mode {
         EntryMode::Linux64 => {
             arch::boot::write_boot_params(&mem, &kernel, initrd, cmdline_len, rsdp)?
@@ -230,11 +264,9 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         config: config.clone(),
         vcpus,
         _vm: vm,
+        _pci: pci,
         _memory: mem,
-        buses: Arc::new(Buses {
-            pio,
-            mmio: Bus::new(),
-        }),
+        buses: Arc::new(Buses { pio, mmio }),
         serial,
         serial_input_ready,
         exit,

@@ -51,6 +51,10 @@ pub enum Error {
     Arch(#[from] arch::Error),
     #[error("device setup: {0}")]
     Bus(#[from] devices::BusError),
+    #[error("PCI setup: {0}")]
+    Pci(#[from] pci::PciSetupError),
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::Error),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

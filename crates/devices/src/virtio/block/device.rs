@@ -421,6 +421,22 @@ mod tests {
         assert!(matches!(e, Error::QueueCount { .. }), "{e}");
     }
 
+    #[test]
+    fn an_image_is_not_opened_writable_twice() {
+        let img = TempImage::patterned(1 << 20);
+        let first = Block::new(&img.path, false, None, 1).unwrap();
+        let e = Block::new(&img.path, false, None, 1).err().unwrap();
+        assert!(matches!(e, Error::Locked { .. }), "{e}");
+        assert_path_in(&e, &img.path);
+        let e = Block::new(&img.path, true, None, 1).err().unwrap();
+        assert!(matches!(e, Error::Locked { .. }), "{e}");
+        drop(first);
+        let ro1 = Block::new(&img.path, true, None, 1).unwrap();
+        let _ro2 = Block::new(&img.path, true, None, 1).unwrap();
+        assert!(Block::new(&img.path, false, None, 1).is_err());
+        drop(ro1);
+    }
+
     /// Activate with a real device thread, serve a kick, reset (joins the
     /// thread), then negotiate and activate again: for both engines.
     #[test]
@@ -525,8 +541,10 @@ mod tests {
         let state = block.save();
         assert_eq!(state.capacity_sectors, 2048);
         assert!(!state.activated);
+        drop(block);
         let restored = Block::restore(&state).unwrap();
         assert_eq!(restored.save(), state);
+        drop(restored);
         img.write_at(1 << 20, &[0; 512]);
         let e = Block::restore(&state).err().unwrap();
         assert!(matches!(e, Error::CapacityMismatch { .. }), "{e}");

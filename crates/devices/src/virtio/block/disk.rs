@@ -73,6 +73,10 @@ impl Disk {
             .write(!readonly)
             .open(path)
             .map_err(open_err)?;
+        lock(&file, readonly).map_err(|source| Error::Locked {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // For a block device the metadata length is 0; seeking to the end
         // gives the size for both kinds.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| Error::Size {
@@ -256,6 +260,35 @@ impl Disk {
                 return Err(err);
             }
         }
+    }
+}
+
+/// Take an open-file-description lock on the whole image: shared for a
+/// read-only disk, exclusive for a writable one, so two VMs (or two disks of
+/// one VM) never write the same image. Released when the file is closed.
+/// File systems without OFD locks are served unlocked.
+fn lock(file: &File, readonly: bool) -> io::Result<()> {
+    let lock = libc::flock {
+        l_type: if readonly {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        } as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_SETLK reads the flock struct we pass, which lives for
+    // the duration of the call; the fd is ours.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    if ret == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(err),
     }
 }
 

@@ -62,6 +62,12 @@ pub enum Error {
     IsDirectory { path: PathBuf },
     #[error("disk image {path}: not a regular file or block device")]
     NotFileOrBlockDevice { path: PathBuf },
+    #[error("disk image {path}: in use by another disk or VM (cannot lock it: {source})")]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("disk image {path}: cannot read its size: {source}")]
     Size {
         path: PathBuf,
