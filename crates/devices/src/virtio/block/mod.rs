@@ -30,6 +30,8 @@ mod fuzz_lite;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[cfg(test)]
+mod pci_tests;
+#[cfg(test)]
 mod test_utils;
 #[cfg(test)]
 mod tests;

@@ -167,12 +167,18 @@ pub struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     pub fn new(mem: &'a GuestMemory, size: u16) -> Self {
+        Self::at(mem, 0, size, DATA_START)
+    }
+
+    /// A queue whose rings start at `base`, with data buffers from
+    /// `data_start` on.
+    pub fn at(mem: &'a GuestMemory, base: u64, size: u16, data_start: u64) -> Self {
         Driver {
             mem,
-            mock: MockSplitQueue::create(mem, GuestAddress(0), size),
+            mock: MockSplitQueue::create(mem, GuestAddress(base), size),
             size,
             next_desc: 0,
-            next_data: DATA_START,
+            next_data: data_start,
         }
     }
 
