@@ -21,11 +21,9 @@ use crate::exit::ExitNotifier;
 use crate::vcpu::Buses;
 use crate::{console, Error};
 
-/// Kernel arguments the platform itself needs. Without PCI devices there is
-/// no PCI bus, so the guest should not look for one.
-const PLATFORM_CMDLINE: &str = "pci=off";
-/// With PCI devices: nothing extra (ACPI describes the host bridge).
-const PLATFORM_CMDLINE_PCI: &str = "";
+/// Kernel arguments the platform itself needs: none today (ACPI describes
+/// everything, including the PCI host bridge).
+const PLATFORM_CMDLINE: &str = "";
 
 /// xAPIC ids are 8 bits and 0xff is broadcast.
 pub const MAX_VCPUS: usize = 254;
@@ -33,13 +31,13 @@ pub const MAX_VCPUS: usize = 254;
 /// A VM that is built and ready to run.
 pub struct Vm {
     pub(crate) config: VmConfig,
-    // Field order is drop order: vCPUs and the VM go before guest memory.
+    // Field order is drop order: vCPUs, devices (which hold the VM for MSI
+    // routing and ioeventfds) and the VM go before guest memory.
     pub(crate) vcpus: Vec<Vcpu>,
-    pub(crate) _vm: Arc<hypervisor::Vm>,
-    /// The PCI segment, when the VM has PCI devices.
-    pub(crate) _pci: Option<crate::pci::PciSegment>,
-    pub(crate) _memory: GuestMemory,
     pub(crate) buses: Arc<Buses>,
+    pub(crate) _pci: crate::pci::PciSegment,
+    pub(crate) _vm: Arc<hypervisor::Vm>,
+    pub(crate) _memory: GuestMemory,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) serial_input_ready: EventFd,
     pub(crate) exit: Arc<ExitNotifier>,
@@ -185,24 +183,21 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     for (port, len, dev) in platform {
         pio.insert(u64::from(port), len, dev)?;
     }
+    // Every VM has a PCI segment (host bridge, ECAM, BAR windows), even
+    // with no devices on it: one platform shape for every guest.
     let mut mmio = Bus::new();
-    let pci = if config.disks.is_empty() {
-        None
-    } else {
-        let mut seg = crate::pci::PciSegment::new(vm.clone(), config.memory_mib)?;
-        seg.attach(&mut pio, &mut mmio)?;
-        for d in &config.disks {
-            // One queue per vCPU.
-            let blk = devices::virtio::block::Block::new(
-                &d.path,
-                d.readonly,
-                d.id.clone(),
-                u16::from(config.vcpus),
-            )?;
-            seg.add_virtio(Box::new(blk), &mem)?;
-        }
-        Some(seg)
-    };
+    let mut pci = crate::pci::PciSegment::new(vm.clone(), config.memory_mib)?;
+    pci.attach(&mut pio, &mut mmio)?;
+    for d in &config.disks {
+        // One queue per vCPU.
+        let blk = devices::virtio::block::Block::new(
+            &d.path,
+            d.readonly,
+            d.id.clone(),
+            u16::from(config.vcpus),
+        )?;
+        pci.add_virtio(Box::new(blk), &mem)?;
+    }
 
     let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Load {
         what: "kernel",
@@ -219,23 +214,14 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         )?),
         _ => None,
     };
-    let cmdline_len = arch::boot::load_kernel_cmdline(
-        &mem,
-        &config.full_cmdline(if pci.is_some() {
-            PLATFORM_CMDLINE_PCI
-        } else {
-            PLATFORM_CMDLINE
-        }),
-    )
-    .map_err(|source| Error::Load {
-        what: "kernel command line",
-        path: Default::default(),
-        source,
-    })?;
-    let pci_host = pci
-        .as_ref()
-        .map(|_| arch::acpi::PciHost::for_memory(config.memory_mib));
-    let rsdp = arch::acpi::write_acpi_tables_with_pci(&mem, config.vcpus, pci_host.as_ref())?;
+    let cmdline_len = arch::boot::load_kernel_cmdline(&mem, &config.full_cmdline(PLATFORM_CMDLINE))
+        .map_err(|source| Error::Load {
+            what: "kernel command line",
+            path: Default::default(),
+            source,
+        })?;
+    let pci_host = arch::acpi::PciHost::for_memory(config.memory_mib);
+    let rsdp = arch::acpi::write_acpi_tables_with_pci(&mem, config.vcpus, Some(&pci_host))?;
     match kernel.mode {
         EntryMode::Linux64 => {
             arch::boot::write_boot_params(&mem, &kernel, initrd, cmdline_len, rsdp)?
@@ -263,10 +249,10 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     Ok(Vm {
         config: config.clone(),
         vcpus,
-        _vm: vm,
-        _pci: pci,
-        _memory: mem,
         buses: Arc::new(Buses { pio, mmio }),
+        _pci: pci,
+        _vm: vm,
+        _memory: mem,
         serial,
         serial_input_ready,
         exit,
