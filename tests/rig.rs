@@ -59,3 +59,35 @@ fn timeout_stops_qemu() {
         start.elapsed()
     );
 }
+
+/// A drive given to L1 shows up as /rig/disk-N, and L1's writes reach the
+/// host file (this is how `--disk` reaches the inner vireo).
+#[test]
+fn drives_reach_l1_and_writes_reach_the_host() {
+    let img = std::env::temp_dir().join(format!("vireo-rig-drive-{}.img", std::process::id()));
+    let mut data = b"from-the-host".to_vec();
+    data.resize(1 << 20, 0);
+    std::fs::write(&img, &data).unwrap();
+    let run = rig::qemu::L1Run {
+        script: "head -c 13 /rig/disk-0; echo\n\
+                 printf from-L1 | dd of=/rig/disk-0 bs=512 seek=1 conv=notrunc,fsync 2>/dev/null\n"
+            .into(),
+        files: Vec::new(),
+        timeout: Some(Duration::from_secs(240)),
+        console: rig::qemu::Ttys0::Capture,
+        guest_memory_mib: 0,
+        cpus: 2,
+        forward_log: false,
+        drives: vec![rig::qemu::L1Drive {
+            host: img.clone(),
+            readonly: false,
+        }],
+    };
+    let out = rig::qemu::run_l1(&run);
+    let after = std::fs::read(&img).unwrap();
+    let _ = std::fs::remove_file(&img);
+    let out = out.expect("L1 run");
+    assert_eq!(out.exit_code, 0, "{out:#?}");
+    assert!(out.stdout.contains("from-the-host"), "{out:#?}");
+    assert_eq!(&after[512..519], b"from-L1", "{out:#?}");
+}

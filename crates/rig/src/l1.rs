@@ -5,7 +5,8 @@
 //! (busybox, the KVM modules, `/init`) and a per-run overlay with
 //! `/rig/run.sh` and the files the run needs (the vireo binary and its
 //! shared libraries, the L2 kernel and initrd, ...). `/init` loads the
-//! modules, runs `/rig/run.sh` with stdout on ttyS0, then writes
+//! modules, links the virtio-blk drives QEMU was given as `/rig/disk-N`,
+//! runs `/rig/run.sh` with stdout on ttyS0, then writes
 //! `VIREO_RIG_EXIT=<status>` to ttyS1 and powers off.
 
 use std::collections::BTreeSet;
@@ -26,7 +27,10 @@ pub const EXIT_MARKER: &str = "VIREO_RIG_EXIT=";
 /// Modules that give L1 a /dev/kvm (dependencies are added from the index).
 const KVM_MODULES: &[&str] = &["kvm_amd"];
 
-const RECIPE_VERSION: &str = "rig-l1-recipe-2";
+/// Modules for the virtio-blk drives that carry the guest's disks into L1.
+const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+
+const RECIPE_VERSION: &str = "rig-l1-recipe-3";
 
 /// The Debian flavour L1 falls back to when the cloud kernel lacks KVM.
 const STANDARD_FLAVOUR: &str = "amd64";
@@ -47,6 +51,14 @@ for m in @MODULES@; do
     insmod /rig/modules/$m.ko || echo "vireo-rig: cannot load kernel module $m" >&2
 done
 [ -e /dev/kvm ] || echo "vireo-rig: /dev/kvm did not appear in L1" >&2
+# Drive N given to QEMU has serial vireo-disk-N: link it as /rig/disk-N.
+for d in /sys/block/vd*; do
+    [ -e "$d/serial" ] || continue
+    s=$(cat "$d/serial")
+    case "$s" in
+    vireo-disk-*) ln -sf "/dev/${d##*/}" "/rig/${s#vireo-}" ;;
+    esac
+done
 stty -F /dev/ttyS0 raw -echo
 cd /rig
 sh /rig/run.sh </dev/null >/dev/ttyS0
@@ -156,7 +168,7 @@ struct L1Kernel {
 }
 
 fn write_base(k: &L1Kernel, busybox: &Path, path: &Path) -> Result<(), RigError> {
-    let (order, missing) = k.index.load_order(KVM_MODULES);
+    let (_, missing) = k.index.load_order(KVM_MODULES);
     if !missing.is_empty() {
         return Err(RigError::L1Kernel {
             kernel_version: k.kernel_version.clone(),
@@ -165,6 +177,14 @@ fn write_base(k: &L1Kernel, busybox: &Path, path: &Path) -> Result<(), RigError>
                 missing.join(", ")
             ),
         });
+    }
+    let wanted: Vec<&str> = KVM_MODULES.iter().chain(DISK_MODULES).copied().collect();
+    let (order, missing) = k.index.load_order(&wanted);
+    for m in missing {
+        eprintln!(
+            "vireo: warning: L1 kernel {} has no module {m}; guest disks will not work in the rig",
+            k.kernel_version
+        );
     }
     let init = INIT
         .replace("@MODULES@", &order.join(" "))

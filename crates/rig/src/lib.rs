@@ -169,6 +169,7 @@ pub fn run_l1_script(
         guest_memory_mib: 0,
         cpus: 2,
         forward_log: false,
+        drives: Vec::new(),
     })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use vmm::{ConsoleConfig, VmConfig};
 
-use crate::qemu::{run_l1, L1Run, Ttys0};
+use crate::qemu::{l1_disk_path, run_l1, L1Drive, L1Run, Ttys0};
 use crate::{add_executable, probe_host_kvm, HostKvm, RigError};
 
 /// L1 paths of what a nested run copies in.
@@ -44,7 +44,7 @@ pub fn run_nested_with_binary(
     let tmp = guest::cache::temp_dir_for(&std::env::temp_dir().join("vireo-nested"))?;
     let _cleanup = guest::cache::RemoveOnDrop(Some(tmp.clone()));
 
-    let (inner, mut files) = l1_config(config)?;
+    let (inner, mut files, drives) = l1_config(config)?;
     let json = serde_json::to_vec_pretty(&inner).map_err(|e| RigError::Config(e.to_string()))?;
     let json_path = tmp.join("vm.json");
     std::fs::write(&json_path, json).map_err(|e| RigError::io(&json_path, e))?;
@@ -65,15 +65,29 @@ pub fn run_nested_with_binary(
         guest_memory_mib: config.memory_mib,
         cpus: u32::from(config.vcpus),
         forward_log: true,
+        drives,
     })
     .map(|o| o.exit_code)
 }
 
-/// The config as seen inside L1 (paths rewritten, console on stdio) and
-/// the files it needs there.
-fn l1_config(config: &VmConfig) -> Result<(VmConfig, Vec<(PathBuf, String)>), RigError> {
+/// What a nested run hands L1.
+type L1Inputs = (VmConfig, Vec<(PathBuf, String)>, Vec<L1Drive>);
+
+/// The config as seen inside L1 (paths rewritten, console on stdio), the
+/// files it needs there, and the disks, which reach L1 as virtio-blk drives
+/// (so guest writes land in the host files) rather than as copies.
+fn l1_config(config: &VmConfig) -> Result<L1Inputs, RigError> {
     let mut inner = config.clone();
     let mut files = Vec::new();
+    let mut drives = Vec::new();
+    for (n, disk) in inner.disks.iter_mut().enumerate() {
+        check_disk(&disk.path)?;
+        drives.push(L1Drive {
+            host: disk.path.clone(),
+            readonly: disk.readonly,
+        });
+        disk.path = PathBuf::from(l1_disk_path(n));
+    }
     check_readable(&config.kernel, "kernel")?;
     files.push((config.kernel.clone(), L1_KERNEL.to_string()));
     inner.kernel = PathBuf::from(L1_KERNEL);
@@ -83,7 +97,21 @@ fn l1_config(config: &VmConfig) -> Result<(VmConfig, Vec<(PathBuf, String)>), Ri
         inner.initrd = Some(PathBuf::from(L1_INITRD));
     }
     inner.console = ConsoleConfig::Stdio;
-    Ok((inner, files))
+    Ok((inner, files, drives))
+}
+
+fn check_disk(path: &Path) -> Result<(), RigError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| RigError::io(path, e))?;
+    let t = meta.file_type();
+    if t.is_file() || t.is_block_device() {
+        Ok(())
+    } else {
+        Err(RigError::io(
+            path,
+            std::io::Error::other("a disk must be a regular file or a block device"),
+        ))
+    }
 }
 
 fn check_readable(path: &Path, what: &str) -> Result<(), RigError> {
@@ -126,12 +154,35 @@ mod tests {
         let mut c = VmConfig::new(k.clone());
         c.console = ConsoleConfig::File("/tmp/out".into());
         c.vcpus = 2;
-        let (inner, files) = l1_config(&c).unwrap();
+        let (inner, files, drives) = l1_config(&c).unwrap();
         assert_eq!(inner.kernel, PathBuf::from("/rig/kernel"));
         assert_eq!(inner.initrd, None);
         assert_eq!(inner.console, ConsoleConfig::Stdio);
         assert_eq!(inner.vcpus, 2);
-        assert_eq!(files, [(k, "/rig/kernel".to_string())]);
+        assert_eq!(files, [(k.clone(), "/rig/kernel".to_string())]);
+        assert!(drives.is_empty());
+
+        c.disks = vec![
+            vmm::config::DiskConfig {
+                path: k.clone(),
+                readonly: true,
+                id: Some("x".into()),
+            },
+            vmm::config::DiskConfig {
+                path: k.clone(),
+                readonly: false,
+                id: None,
+            },
+        ];
+        let (inner, _, drives) = l1_config(&c).unwrap();
+        assert_eq!(inner.disks[0].path, PathBuf::from("/rig/disk-0"));
+        assert_eq!(inner.disks[1].path, PathBuf::from("/rig/disk-1"));
+        assert_eq!(inner.disks[0].id.as_deref(), Some("x"));
+        assert!(drives[0].readonly && !drives[1].readonly);
+        assert_eq!(drives[1].host, k);
+        c.disks[1].path = dir.clone();
+        assert!(l1_config(&c).is_err(), "a directory is not a disk");
+        c.disks.clear();
 
         c.initrd = Some(dir.join("missing"));
         let err = l1_config(&c).unwrap_err().to_string();

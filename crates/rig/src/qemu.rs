@@ -56,6 +56,26 @@ pub struct L1Run {
     pub cpus: u32,
     /// Forward control-log lines (the inner stderr) to our stderr live.
     pub forward_log: bool,
+    /// Host files or block devices given to L1 as virtio-blk drives; drive
+    /// N appears in L1 as `/rig/disk-N` (see [`l1_disk_path`]).
+    pub drives: Vec<L1Drive>,
+}
+
+/// A host disk image passed through to L1 (writes reach the host file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L1Drive {
+    pub host: PathBuf,
+    pub readonly: bool,
+}
+
+/// Where drive `n` of an [`L1Run`] appears inside L1.
+pub fn l1_disk_path(n: usize) -> String {
+    format!("/rig/disk-{n}")
+}
+
+/// QEMU option values separate fields with `,`; a literal comma is `,,`.
+fn qemu_escape(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
 }
 
 /// Finds `qemu-system-x86_64` on PATH, installing it with apt when we are
@@ -144,6 +164,16 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
     cmd.arg("-chardev")
         .arg(format!("file,id=ctl,path={}", chardev_path(&ctl)?))
         .args(["-serial", "chardev:ctl"]);
+    for (n, d) in run.drives.iter().enumerate() {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=none,id=disk{n},readonly={}",
+            qemu_escape(&d.host),
+            if d.readonly { "on" } else { "off" }
+        ));
+        cmd.arg("-device").arg(format!(
+            "virtio-blk-pci,drive=disk{n},serial=vireo-disk-{n}"
+        ));
+    }
     match run.console {
         Ttys0::Interactive => cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()),
         Ttys0::Forward | Ttys0::Capture => cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
@@ -457,6 +487,12 @@ mod tests {
             "Kernel panic - not syncing: x\n...\n2\n3"
         );
         assert_eq!(tail_lines(log, 4), log.trim_end());
+    }
+
+    #[test]
+    fn drive_paths_escape_commas() {
+        assert_eq!(qemu_escape(Path::new("/tmp/a,b.img")), "/tmp/a,,b.img");
+        assert_eq!(l1_disk_path(1), "/rig/disk-1");
     }
 
     #[test]
