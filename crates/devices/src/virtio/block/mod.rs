@@ -35,6 +35,8 @@ mod pci_tests;
 mod test_utils;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throughput;
 
 pub use device::{Block, QUEUE_SIZE};
 pub use disk::Disk;
