@@ -28,6 +28,11 @@ use super::metrics::BlockMetrics;
 use super::request::{self, ChainBuf, DiskInfo, RequestError, RequestKind};
 use crate::virtio::{GuestMemory, Interrupt};
 
+/// Most requests in flight per device (the io_uring engine's submission
+/// queue is this big and its completion queue twice that, so it never
+/// overflows).
+pub const MAX_IN_FLIGHT: usize = 4096;
+
 const TOKEN_STOP: u64 = u64::MAX;
 const TOKEN_ENGINE: u64 = u64::MAX - 1;
 
@@ -92,7 +97,7 @@ impl Worker {
         write_through: bool,
     ) -> Self {
         let depth: usize = queues.iter().map(|q| usize::from(q.queue.size())).sum();
-        let depth = depth.max(1);
+        let depth = depth.clamp(1, MAX_IN_FLIGHT);
         let info = DiskInfo {
             capacity_sectors: disk.capacity_sectors(),
             readonly: disk.readonly(),
