@@ -145,7 +145,11 @@ impl Disk {
 
     /// Read or write the whole of `iovecs` at `offset`, looping over short
     /// transfers. `iovecs` is consumed (advanced) as data moves.
-    pub fn rw_vectored(
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays valid for the whole call:
+    /// readable when `write`, writable otherwise (the kernel writes into it).
+    pub unsafe fn rw_vectored(
         &self,
         write: bool,
         iovecs: &mut [libc::iovec],
@@ -162,9 +166,8 @@ impl Disk {
             let count = rest.len().min(IOV_MAX) as libc::c_int;
             let off = libc::off_t::try_from(offset)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: every iovec points into guest memory that the caller
-            // checked and keeps mapped for the duration of the call; the
-            // kernel only reads (pwritev) or writes (preadv) those ranges.
+            // SAFETY: the caller guarantees every iovec is valid for this
+            // call; the kernel only reads (pwritev) or writes (preadv) them.
             let n = unsafe {
                 if write {
                     libc::pwritev(self.fd(), rest.as_ptr(), count, off)
@@ -236,8 +239,9 @@ impl Disk {
                 iov_base: ZEROES.as_ptr() as *mut libc::c_void,
                 iov_len: n,
             }];
-            // pwritev only reads from the buffer, so the static is never written.
-            self.rw_vectored(true, &mut iov, offset)?;
+            // SAFETY: the iovec covers `n` bytes of a static buffer, which
+            // pwritev only reads.
+            unsafe { self.rw_vectored(true, &mut iov, offset)? };
             offset += n as u64;
         }
         Ok(())

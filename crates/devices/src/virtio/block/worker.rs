@@ -358,8 +358,11 @@ impl Worker {
                     // Short transfer: finish it here.
                     let mut start = 0;
                     disk::advance_iovecs(&mut slot.buf.iovecs, &mut start, res as usize);
-                    disk.rw_vectored(write, &mut slot.buf.iovecs[start..], offset + res as u64)
-                        .map(|_| ())
+                    let rest = &mut slot.buf.iovecs[start..];
+                    // SAFETY: the slot's iovecs point into guest memory that
+                    // `self.mem` keeps mapped; the kernel is done with them
+                    // (this is their completion).
+                    unsafe { disk.rw_vectored(write, rest, offset + res as u64) }.map(|_| ())
                 };
                 let done = if write && self.write_through {
                     done.and_then(|_| disk.flush())

@@ -22,11 +22,18 @@ impl SyncEngine {
         }
     }
 
-    pub fn push(&mut self, token: u32, op: Op, iovecs: &mut [libc::iovec]) {
+    /// Run `op` now; its result is reported by the next `reap`.
+    ///
+    /// # Safety
+    /// For reads and writes, `iovecs` must describe memory valid for the
+    /// duration of the call (writable for reads).
+    pub unsafe fn push(&mut self, token: u32, op: Op, iovecs: &mut [libc::iovec]) {
         let disk = &self.disk;
         let result = match op {
-            Op::Read { offset } => disk.rw_vectored(false, iovecs, offset).map(clamp),
-            Op::Write { offset } => disk.rw_vectored(true, iovecs, offset).map(clamp),
+            // SAFETY: the caller guarantees the iovecs (see above).
+            Op::Read { offset } => unsafe { disk.rw_vectored(false, iovecs, offset) }.map(clamp),
+            // SAFETY: as above.
+            Op::Write { offset } => unsafe { disk.rw_vectored(true, iovecs, offset) }.map(clamp),
             Op::Flush => disk.flush().map(|_| 0),
             Op::Discard { offset, len } => disk.discard(offset, len).map(|_| 0),
             Op::WriteZeroes { offset, len, unmap } => {
