@@ -166,7 +166,7 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
         .args(["-serial", "chardev:ctl"]);
     for (n, d) in run.drives.iter().enumerate() {
         cmd.arg("-drive").arg(format!(
-            "file={},format=raw,if=none,id=disk{n},readonly={}",
+            "file={},format=raw,if=none,id=disk{n},discard=unmap,readonly={}",
             qemu_escape(&d.host),
             if d.readonly { "on" } else { "off" }
         ));
