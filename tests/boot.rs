@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{is_running, run_guest, vireo, vireo_signalled, Outcome, BOOT_TIMEOUT, QUICK_TIMEOUT};
+use common::{is_running, run_guest, vireo_signalled, Outcome, BOOT_TIMEOUT};
 
 /// MemTotal in MiB from a `MemTotal: N kB` line.
 fn mem_total_mib(o: &Outcome) -> u64 {
@@ -160,48 +160,4 @@ fn sigterm_stops_vireo_and_leaves_no_children() {
             o.dump()
         );
     }
-}
-
-/// A bad invocation fails quickly, non-zero, with exactly one error line
-/// that mentions `needle`.
-fn assert_clear_failure(args: &[&str], needle: &str) {
-    let o = vireo(args, QUICK_TIMEOUT);
-    assert!(
-        matches!(o.code, Some(c) if c != 0),
-        "must fail\n{}",
-        o.dump()
-    );
-    let errors: Vec<&str> = o
-        .stderr
-        .lines()
-        .filter(|l| l.to_lowercase().contains("error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "want one error line\n{}", o.dump());
-    assert!(
-        errors[0].contains(needle),
-        "the error line should mention {needle:?}\n{}",
-        o.dump()
-    );
-}
-
-#[test]
-fn bad_inputs_fail_with_one_clear_line() {
-    let dir = std::env::temp_dir().join(format!("vireo-boot-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let missing = dir.join("no-such-kernel");
-    let not_kernel = dir.join("not-a-kernel");
-    std::fs::write(&not_kernel, vec![0x5au8; 64 * 1024]).unwrap();
-
-    assert_clear_failure(
-        &["run", "--kernel", missing.to_str().unwrap()],
-        "no-such-kernel",
-    );
-    assert_clear_failure(
-        &["run", "--kernel", not_kernel.to_str().unwrap()],
-        "not-a-kernel",
-    );
-    assert_clear_failure(&["run", "--memory", "12Q"], "12Q");
-    assert_clear_failure(&["run", "--cpus", "0"], "0");
-    assert_clear_failure(&["run", "--cpus", "1000"], "1000");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

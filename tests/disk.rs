@@ -6,16 +6,16 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{run_guest, vireo, QUICK_TIMEOUT};
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vireo-disk-{name}-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("disk-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -101,7 +101,6 @@ fn ext4_read_write_two_disks_serial_and_readonly() {
 /// can be found.)
 #[test]
 fn flushed_data_survives_sigkill() {
-    common::announce_path();
     let dir = scratch_dir("kill");
     let img = dir.join("raw.img");
     std::fs::File::create(&img)
@@ -114,29 +113,9 @@ fn flushed_data_survives_sigkill() {
          && echo FLUSHED-MARKER; sleep 600"
     );
     let disk = format!("path={}", img.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
-        .args(["run", "--disk", &disk, "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let deadline = Instant::now() + common::BOOT_TIMEOUT;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("FLUSHED-MARKER") {
-        assert!(Instant::now() < deadline, "no marker in time");
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "vireo ended before the marker: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let mut vm = common::spawn(&["run", "--disk", &disk, "--", "sh", "-c", &script]);
+    vm.wait_for("FLUSHED-MARKER", common::BOOT_TIMEOUT);
+    vm.stop_with(libc::SIGKILL, Duration::from_secs(10));
     // Give the rig's QEMU (PR_SET_PDEATHSIG) a moment to be gone too.
     std::thread::sleep(Duration::from_millis(500));
     let data = std::fs::read(&img).unwrap();

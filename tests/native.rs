@@ -1,38 +1,32 @@
 //! Tests that need no guest kernel: bad input is refused with one clear line
 //! before anything boots, and the minimal PVH guest (a few hundred bytes that
-//! the bench crate builds) boots directly on this host's /dev/kvm — which
-//! works even on a PVM-backed KVM, since its handful of instructions are
+//! the bench crate builds) boots directly on this host's /dev/kvm, which
+//! works even on a PVM-backed KVM since its handful of instructions are
 //! emulated cheaply. That exercises the direct path end to end: ELF/PVH
-//! loading, vCPU setup, the serial console and reset through the i8042.
+//! loading, vCPU setup, the serial console, reset through the i8042, the
+//! console file, config files and signals.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn vireo(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vireo");
-    // Nothing here may hang: give each run a deadline.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("vireo {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+use common::{vireo, QUICK_TIMEOUT};
+
+const MARKER: &str = "VIREO-BENCH-MARKER";
+
+fn have_kvm() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("path: skipped, this host has no /dev/kvm");
     }
-    child.wait_with_output().expect("output")
+    ok
 }
 
+/// Test files live in Cargo's per-target scratch directory, not /tmp.
 fn scratch(name: &str, data: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vireo-native-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("native-{}-{name}", std::process::id()));
     std::fs::write(&p, data).unwrap();
     p
 }
@@ -45,83 +39,119 @@ fn minimal_guest() -> PathBuf {
         .clone()
 }
 
-/// Fails with a non-zero status and exactly one line on stderr that
-/// contains `needle`.
+/// The minimal guest with its reset replaced by NOPs: it prints the marker
+/// and then halts forever, so only a signal can end the VM.
+fn halting_guest() -> PathBuf {
+    let mut elf = bench::minimal_guest_elf();
+    let reset = [0xb0, 0xfe, 0xe6, 0x64]; // mov al, 0xfe; out 0x64, al
+    let at: Vec<usize> = (0..elf.len() - 3)
+        .filter(|&i| elf[i..i + 4] == reset)
+        .collect();
+    assert_eq!(at.len(), 1, "reset sequence not found exactly once");
+    elf[at[0]..at[0] + 4].fill(0x90);
+    scratch("halting.elf", &elf)
+}
+
+/// Fails quickly and non-zero, with exactly one error line, which
+/// mentions `needle`, and no panic.
 fn assert_refused(args: &[&str], needle: &str) {
-    let out = vireo(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{args:?} should fail");
-    let first = stderr.lines().next().unwrap_or("");
+    let o = vireo(args, QUICK_TIMEOUT);
     assert!(
-        first.contains(needle),
-        "{args:?}: expected '{needle}' in the first stderr line, got:\n{stderr}"
+        matches!(o.code, Some(c) if c != 0),
+        "must fail\n{}",
+        o.dump()
     );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    let errors: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.to_lowercase().contains("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "want one error line\n{}", o.dump());
+    assert!(
+        errors[0].contains(needle),
+        "the error should mention {needle:?}\n{}",
+        o.dump()
+    );
+    assert!(!o.stderr.contains("panicked"), "{}", o.dump());
 }
 
 #[test]
 fn minimal_pvh_guest_boots_directly_and_resets() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("path: skipped, this host has no /dev/kvm");
+    if !have_kvm() {
         return;
     }
-    eprintln!("path: direct (/dev/kvm), minimal PVH guest");
     let elf = minimal_guest();
-    let out = vireo(&[
+    let args = [
         "run",
         "--kernel",
         elf.to_str().unwrap(),
         "--emulate=never",
         "--memory",
         "64M",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("VIREO-BENCH-MARKER"),
-        "marker missing; stdout: {stdout}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "a guest reset exits 0");
+    ];
+    let o = vireo(&args, QUICK_TIMEOUT);
+    assert!(o.stdout.contains(MARKER), "marker missing\n{}", o.dump());
+    o.assert_code(0);
 }
 
 #[test]
 fn console_file_receives_guest_output() {
-    if !std::path::Path::new("/dev/kvm").exists() {
+    if !have_kvm() {
         return;
     }
     let elf = minimal_guest();
-    let log = std::env::temp_dir().join(format!("vireo-console-{}.log", std::process::id()));
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("native-{}-console.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let console = format!("file={}", log.display());
-    let out = vireo(&[
+    let args = [
         "run",
         "--kernel",
         elf.to_str().unwrap(),
         "--emulate=never",
         "--console",
         &console,
-    ]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("VIREO-BENCH-MARKER"));
+    ];
+    let o = vireo(&args, QUICK_TIMEOUT);
+    o.assert_code(0);
+    assert!(!o.stdout.contains(MARKER), "{}", o.dump());
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("VIREO-BENCH-MARKER"), "console file: {text}");
+    assert!(text.contains(MARKER), "console file: {text}");
     let _ = std::fs::remove_file(&log);
 }
 
 #[test]
 fn config_file_produces_the_same_vm() {
-    if !std::path::Path::new("/dev/kvm").exists() {
+    if !have_kvm() {
         return;
     }
-    let elf = minimal_guest();
     let json = format!(
         r#"{{"kernel": "{}", "vcpus": 1, "memory_mib": 64, "console": {{"mode": "stdio"}}}}"#,
-        elf.display()
+        minimal_guest().display()
     );
     let cfg = scratch("vm.json", json.as_bytes());
-    let out = vireo(&["run", "--config", cfg.to_str().unwrap(), "--emulate=never"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("VIREO-BENCH-MARKER"));
-    assert_eq!(out.status.code(), Some(0));
+    let o = vireo(
+        &["run", "--config", cfg.to_str().unwrap(), "--emulate=never"],
+        QUICK_TIMEOUT,
+    );
+    assert!(o.stdout.contains(MARKER), "{}", o.dump());
+    o.assert_code(0);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_cleanly() {
+    if !have_kvm() {
+        return;
+    }
+    let elf = halting_guest();
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut vm = common::spawn(&["run", "--kernel", elf.to_str().unwrap(), "--emulate=never"]);
+        // Wait for the marker, so the signal reaches a running VM.
+        vm.wait_for(MARKER, QUICK_TIMEOUT);
+        let (code, stderr) = vm.stop_with(sig, Duration::from_secs(20));
+        assert_eq!(code, Some(128 + sig), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
 }
 
 #[test]
@@ -132,6 +162,7 @@ fn bad_input_is_refused_with_one_clear_line() {
     let dir = std::env::temp_dir();
     let bad_json = scratch("bad.json", b"{\"kernel\": 3");
     let unknown_field = scratch("unknown.json", b"{\"kernel\": \"/k\", \"cpus\": 2}");
+    let long_cmdline = "x".repeat(3000);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["run", "--kernel", "/nonexistent/vmlinuz"],
@@ -180,64 +211,15 @@ fn bad_input_is_refused_with_one_clear_line() {
             vec!["run", "--config", unknown_field.to_str().unwrap()],
             "cpus",
         ),
+        // Without --kernel the default guest is used; bad flags still fail first.
+        (vec!["run", "--memory", "12Q"], "12Q"),
+        (vec!["run", "--cpus", "1000"], "1000"),
+        (
+            vec!["run", "--kernel", elf, "--cmdline", &long_cmdline],
+            "command line",
+        ),
     ];
     for (args, needle) in cases {
         assert_refused(&args, needle);
-    }
-}
-
-/// The minimal guest with its reset replaced by NOPs: it prints the marker
-/// and then halts forever, so only a signal can end the VM.
-fn halting_guest() -> PathBuf {
-    let mut elf = bench::minimal_guest_elf();
-    let reset = [0xb0, 0xfe, 0xe6, 0x64]; // mov al, 0xfe; out 0x64, al
-    let at: Vec<usize> = (0..elf.len() - 3)
-        .filter(|&i| elf[i..i + 4] == reset)
-        .collect();
-    assert_eq!(at.len(), 1, "reset sequence not found exactly once");
-    elf[at[0]..at[0] + 4].fill(0x90);
-    scratch("halting.elf", &elf)
-}
-
-#[test]
-fn sigterm_and_sigint_stop_the_vm_cleanly() {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        return;
-    }
-    let elf = halting_guest();
-    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
-            .args(["run", "--kernel", elf.to_str().unwrap(), "--emulate=never"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait for the marker, so the signal reaches a running VM.
-        let mut stdout = child.stdout.take().unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        while !String::from_utf8_lossy(&seen).contains("VIREO-BENCH-MARKER") {
-            let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
-            assert!(n > 0, "vireo ended before the marker");
-            seen.extend_from_slice(&buf[..n]);
-        }
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} did not stop vireo"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(128 + sig), "{name}: {stderr}");
-        assert!(stderr.contains(name), "{name}: {stderr}");
     }
 }

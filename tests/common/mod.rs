@@ -212,3 +212,73 @@ pub fn run_guest(args: &[&str]) -> Outcome {
     all.extend_from_slice(args);
     vireo(&all, BOOT_TIMEOUT)
 }
+
+/// A `vireo` process whose stdout a test reads while it runs (to act when
+/// the guest prints a marker).
+pub struct Running {
+    pub child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    /// Everything read from stdout so far.
+    pub seen: String,
+}
+
+/// Start `vireo ARGS` with no stdin, stdout and stderr piped.
+pub fn spawn(args: &[&str]) -> Running {
+    announce_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the vireo binary");
+    let stdout = child.stdout.take().expect("piped stdout");
+    Running {
+        child,
+        stdout,
+        seen: String::new(),
+    }
+}
+
+impl Running {
+    /// Read stdout until `marker` shows; panics if vireo ends first or
+    /// `timeout` passes (a blocked read is bounded by vireo's own end).
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(marker) {
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} within {timeout:?}: {}",
+                self.seen
+            );
+            let n = self.stdout.read(&mut buf).unwrap_or(0);
+            assert!(n > 0, "vireo ended before {marker:?}: {}", self.seen);
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// Send `signal` and wait (at most `timeout`) for vireo to end; returns
+    /// its exit code (None if killed by a signal) and its stderr.
+    pub fn stop_with(mut self, signal: i32, timeout: Duration) -> (Option<i32>, String) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: signalling our own, not yet reaped, child.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for vireo") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "signal {signal} did not stop vireo"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status.code(), stderr)
+    }
+}

@@ -62,7 +62,10 @@ fn run(args: &RunArgs) -> ExitCode {
         let interactive = vmm::event_loop::console_is_interactive(&req.config.console);
         return match rig::run_nested(&req.config, interactive) {
             Ok(code) => exit_code(code),
-            Err(e) => fail(e),
+            Err(e) => {
+                eprintln!("vireo: error: {e}");
+                exit_code(e.exit_code())
+            }
         };
     }
     match vmm::run(&req.config) {

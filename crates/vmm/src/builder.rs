@@ -25,6 +25,10 @@ use crate::{console, Error};
 /// everything, including the PCI host bridge).
 const PLATFORM_CMDLINE: &str = "";
 
+/// Linux on x86 keeps at most 2048 bytes of command line (COMMAND_LINE_SIZE,
+/// with the terminating NUL) and silently cuts the rest.
+const MAX_CMDLINE_LEN: usize = 2047;
+
 /// xAPIC ids are 8 bits and 0xff is broadcast.
 pub const MAX_VCPUS: usize = 254;
 
@@ -99,6 +103,13 @@ fn check_vcpus(config: &VmConfig, max: usize) -> Result<(), Error> {
 /// to another process (the nested rig), so bad input fails fast and clearly.
 pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     check_vcpus(config, MAX_VCPUS)?;
+    let cmdline = config.full_cmdline(PLATFORM_CMDLINE);
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        return Err(Error::CmdlineTooLong {
+            len: cmdline.len(),
+            max: MAX_CMDLINE_LEN,
+        });
+    }
     memory::check_size(config.memory_mib)?;
     let mut kernel = open_file(&config.kernel, "kernel")?;
     arch::boot::kernel_format(&mut kernel).map_err(|source| Error::Load {

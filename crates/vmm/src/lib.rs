@@ -35,6 +35,8 @@ pub enum Error {
         #[source]
         source: arch::boot::LoadError,
     },
+    #[error("the kernel command line is {len} bytes; Linux keeps at most {max} (a long `-- CMD` counts, base64-encoded)")]
+    CmdlineTooLong { len: usize, max: usize },
     #[error("{requested} vCPUs requested; this host allows 1 to {max} per VM")]
     Vcpus { requested: usize, max: usize },
     #[error(transparent)]
