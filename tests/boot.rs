@@ -33,7 +33,8 @@ fn assert_memory(o: &Outcome, asked_mib: u64) {
 }
 
 const PROBE: &str = "echo nproc: $(nproc); echo cpuinfo: $(grep -c ^processor /proc/cpuinfo); \
-                     grep MemTotal /proc/meminfo; echo cmdline: $(cat /proc/cmdline)";
+                     grep MemTotal /proc/meminfo; echo cmdline: $(cat /proc/cmdline); \
+                     echo clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)";
 
 #[test]
 fn one_vcpu_memory_cmdline_and_exit_status() {
@@ -63,13 +64,16 @@ fn one_vcpu_memory_cmdline_and_exit_status() {
     );
 }
 
+/// Two vCPUs, and 3.5 GiB of memory: more than fits below the 32-bit hole
+/// (3 GiB), so the guest only sees it all if RAM continues at 4 GiB.
 #[test]
-fn two_vcpus_and_memory() {
-    let o = run_guest(&["--cpus", "2", "--memory", "768M", "--", "sh", "-c", PROBE]);
+fn two_vcpus_memory_above_the_hole_and_kvm_clock() {
+    let o = run_guest(&["--cpus", "2", "--memory", "3584M", "--", "sh", "-c", PROBE]);
     o.assert_code(0);
     assert_eq!(o.value("nproc:"), "2", "{}", o.dump());
     assert_eq!(o.value("cpuinfo:"), "2", "{}", o.dump());
-    assert_memory(&o, 768);
+    assert_memory(&o, 3584);
+    assert_eq!(o.value("clocksource:"), "kvm-clock", "{}", o.dump());
 }
 
 #[test]
