@@ -50,7 +50,8 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
         let offset = addr - base;
-        (offset + size as u64 <= *len).then_some((offset, dev))
+        let end = offset.checked_add(size as u64)?;
+        (end <= *len).then_some((offset, dev))
     }
 
     /// Read from the device at `addr`; unclaimed addresses read as all ones,
