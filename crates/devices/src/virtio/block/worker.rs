@@ -156,20 +156,20 @@ impl Worker {
     /// waiting for the I/O still in flight) or on a fatal epoll error.
     pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
         let epoll = Epoll::new()?;
-        let add = |fd, token| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
+        let add = |fd, token, events| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
         };
-        add(stop.as_raw_fd(), TOKEN_STOP)?;
+        // Kicks and completions are edge-triggered: every eventfd write
+        // wakes epoll again, so their counters never need reading (one
+        // syscall less per kick and per batch).
+        let edge = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        add(stop.as_raw_fd(), TOKEN_STOP, EventSet::IN)?;
         if let Some(fd) = self.engine.event_fd() {
-            add(fd, TOKEN_ENGINE)?;
+            add(fd, TOKEN_ENGINE, edge)?;
         }
         for (qi, q) in self.queues.iter().enumerate() {
             if let Some(kick) = &q.kick {
-                add(kick.as_raw_fd(), qi as u64)?;
+                add(kick.as_raw_fd(), qi as u64, edge)?;
             }
         }
         let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
@@ -187,9 +187,6 @@ impl Worker {
                     TOKEN_ENGINE => {}
                     qi => {
                         if let Some(q) = self.queues.get_mut(qi as usize) {
-                            if let Some(kick) = &q.kick {
-                                let _ = kick.read();
-                            }
                             q.more = true;
                         }
                     }

@@ -125,9 +125,7 @@ impl UringEngine {
     }
 
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
-        // Clear the eventfd before looking at the ring, so a completion that
-        // lands after this point wakes the worker again.
-        let _ = self.event.read();
+        // The eventfd is never read: the worker polls it edge-triggered.
         for cqe in self.ring.completion() {
             self.in_flight = self.in_flight.saturating_sub(1);
             out.push(Completion {
