@@ -1,4 +1,4 @@
-//! Boot benchmarks behind `vireo bench boot`.
+//! Benchmarks behind `vireo bench boot` and `vireo bench block`.
 //!
 //! * [`minimal_guest_elf`] builds a tiny PVH guest that prints a marker on
 //!   COM1 and resets; it runs even on this project's PVM hosts.
@@ -7,10 +7,16 @@
 //!   compares the two booting the default Debian guest inside the nested rig
 //!   (`rig_part`).
 //!
+//! * [`run_block_bench`] compares guest `dd` throughput and IOPS on
+//!   Vireo's virtio-blk against QEMU's inside the nested rig (`block`,
+//!   `block_script`).
+//!
 //! Module map: `guest_elf` (the guest image), `measure` (one timed VMM run),
 //! `stats` (medians, spreads, the table), `native` and `rig_part` (the two
 //! benchmarks).
 
+mod block;
+mod block_script;
 mod guest_elf;
 mod measure;
 mod native;
@@ -18,6 +24,7 @@ mod rig_part;
 mod rig_script;
 mod stats;
 
+pub use block::{run_block_bench, BlockBenchOptions, BLOCK_DEFAULT_RANDOM_OPS, BLOCK_DEFAULT_RUNS};
 pub use guest_elf::{minimal_guest_elf, MARKER};
 pub use measure::{RunSample, VmmCommand};
 pub use rig_part::RIG_MAX_RUNS;

@@ -23,11 +23,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const L1_OVERHEAD: Duration = Duration::from_secs(300);
 
 /// Where things live inside L1.
-const L1_VIREO: &str = "/rig/bench/vireo";
-const L1_QEMU: &str = "/rig/bench/qemu/qemu-system-x86_64";
-const L1_QEMU_DATA: &str = "/rig/bench/qemu/share";
-const L1_KERNEL: &str = "/rig/bench/guest/vmlinuz";
-const L1_INITRD: &str = "/rig/bench/guest/initrd.cpio";
+pub(crate) const L1_VIREO: &str = "/rig/bench/vireo";
+pub(crate) const L1_QEMU: &str = "/rig/bench/qemu/qemu-system-x86_64";
+pub(crate) const L1_QEMU_DATA: &str = "/rig/bench/qemu/share";
+pub(crate) const L1_KERNEL: &str = "/rig/bench/guest/vmlinuz";
+pub(crate) const L1_INITRD: &str = "/rig/bench/guest/initrd.cpio";
 
 /// QEMU data files microvm needs to boot a bzImage through qboot; the
 /// option ROMs are looked up in `-L` even though qboot loads the kernel.
@@ -45,6 +45,12 @@ fn guest_cmdline_extra() -> String {
 }
 
 fn vireo_argv() -> Vec<String> {
+    vireo_argv_with(&guest_cmdline_extra())
+}
+
+/// `vireo run` of the default guest inside L1 with `cmdline_extra` after
+/// Vireo's default command line (shared with the block benchmark).
+pub(crate) fn vireo_argv_with(cmdline_extra: &str) -> Vec<String> {
     [
         L1_VIREO,
         "run",
@@ -53,7 +59,7 @@ fn vireo_argv() -> Vec<String> {
         "--initrd",
         L1_INITRD,
         "--cmdline",
-        &guest_cmdline_extra(),
+        cmdline_extra,
         "--emulate=never",
         "--memory",
         "128M",
@@ -66,13 +72,20 @@ fn vireo_argv() -> Vec<String> {
 
 /// QEMU microvm with the same kernel, initrd and full command line as Vireo.
 fn qemu_argv() -> Vec<String> {
-    let append = format!("{} {}", vmm::config::DEFAULT_CMDLINE, guest_cmdline_extra());
+    qemu_argv_with("microvm", &guest_cmdline_extra())
+}
+
+/// QEMU's `machine` (a microvm variant: it boots through qboot and needs an
+/// i8042 for the guest's reset) booting the default guest inside L1 with the
+/// same kernel, initrd and full command line as [`vireo_argv_with`].
+pub(crate) fn qemu_argv_with(machine: &str, cmdline_extra: &str) -> Vec<String> {
+    let append = format!("{} {cmdline_extra}", vmm::config::DEFAULT_CMDLINE);
     [
         L1_QEMU,
         "-L",
         L1_QEMU_DATA,
         "-M",
-        "microvm",
+        machine,
         "-accel",
         "kvm",
         "-cpu",
@@ -103,8 +116,8 @@ fn qemu_argv() -> Vec<String> {
 }
 
 /// The files L1 needs: both VMMs with their libraries, QEMU's firmware, and
-/// the guest.
-fn l1_files(
+/// the guest (shared with the block benchmark).
+pub(crate) fn l1_files(
     vireo: &Path,
     qemu: &Path,
     kernel: &Path,
@@ -148,16 +161,8 @@ pub fn run_rig(opts: &BootBenchOptions) -> Result<String, BenchError> {
     let boots = u32::try_from(2 * runs + 2).unwrap_or(u32::MAX);
     let timeout = L1_OVERHEAD + BOOT_TIMEOUT.saturating_mul(boots);
     let out = rig::run_l1_script(&script, &files, timeout)?;
-    let [v, q] = parse_results(&out.stdout, ["vireo", "qemu"]).map_err(|e| match e {
-        BenchError::RigRun { details } => BenchError::RigRun {
-            details: format!(
-                "{details} (L1 script exit status {}; L1 log tail: {})",
-                out.exit_code,
-                log_tail(&out.log)
-            ),
-        },
-        other => other,
-    })?;
+    let [v, q] =
+        parse_results(&out.stdout, ["vireo", "qemu"]).map_err(|e| with_l1_context(e, &out))?;
     let table = compare_table(
         ("vireo", &v),
         ("qemu", &q),
@@ -190,6 +195,21 @@ pub fn run_rig(opts: &BootBenchOptions) -> Result<String, BenchError> {
     report.push('\n');
     report.push_str(&table.render());
     Ok(report)
+}
+
+/// Adds the L1 script's exit status and the tail of L1's control log to a
+/// failure found in the script's output.
+pub(crate) fn with_l1_context(e: BenchError, out: &rig::L1Output) -> BenchError {
+    match e {
+        BenchError::RigRun { details } => BenchError::RigRun {
+            details: format!(
+                "{details} (L1 script exit status {}; L1 log tail: {})",
+                out.exit_code,
+                log_tail(&out.log)
+            ),
+        },
+        other => other,
+    }
 }
 
 fn log_tail(log: &str) -> String {

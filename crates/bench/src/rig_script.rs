@@ -27,7 +27,7 @@ BB=${BB:-busybox}
 D=${BENCH_DIR:-/tmp/vireo-bench}
 mkdir -p $D
 if ! [ -r /proc/timer_list ]; then echo "BENCH-FAIL setup: no /proc/timer_list"; exit 1; fi
-now() { { read -r _l; read -r _l; read -r _a _b NOW _r; } < /proc/timer_list; }
+@NOW_FN@
 # busybox time -v prints ru_maxrss (already KiB) converted as if it counted
 # pages, i.e. 4x too large. Find its scale once on a process of known size:
 # dd with a 64 MiB buffer that it fills. (Reading our own VmHWM instead is
@@ -81,6 +81,12 @@ done
 echo "BENCH-DONE"
 "#;
 
+/// A busybox `sh` function that sets `NOW` to the kernel's monotonic clock
+/// in nanoseconds (the "now at N nsecs" line of `/proc/timer_list`), read
+/// with builtins only, so taking a reading forks nothing.
+pub(crate) const SH_NOW_FN: &str =
+    "now() { { read -r _l; read -r _l; read -r _a _b NOW _r; } < /proc/timer_list; }";
+
 /// Quotes one word for a POSIX shell.
 pub fn sh_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
@@ -101,7 +107,8 @@ pub fn sh_display(argv: &[String]) -> String {
     words.join(" ")
 }
 
-fn sh_words(argv: &[String]) -> String {
+/// `argv` as shell words, every one quoted.
+pub(crate) fn sh_words(argv: &[String]) -> String {
     argv.iter()
         .map(|w| sh_quote(w))
         .collect::<Vec<_>>()
@@ -120,6 +127,7 @@ pub struct ScriptVmm {
 /// `timeout`; the first failed boot ends the script (no `BENCH-DONE`).
 pub fn l1_script(first: &ScriptVmm, second: &ScriptVmm, runs: usize, timeout: Duration) -> String {
     SCRIPT
+        .replace("@NOW_FN@", SH_NOW_FN)
         .replace("@TIMEOUT@", &timeout.as_secs().max(1).to_string())
         .replace("@MARKER@", RIG_MARKER)
         .replace("@RUNS@", &runs.to_string())
