@@ -14,7 +14,8 @@
 //! them as native figures.
 
 use crate::block_script::{
-    guest_script, l1_script, parse_block_results, L1Plan, RunSamples, GUEST_SCRIPT_PATH,
+    guest_notes, guest_script, l1_script, parse_block_results, L1Plan, RunSamples,
+    GUEST_SCRIPT_PATH,
 };
 use crate::native::{find_qemu, host_load, TempFile};
 use crate::rig_part::{l1_files, qemu_argv_with, vireo_argv_with, with_l1_context};
@@ -57,6 +58,42 @@ pub struct BlockBenchOptions {
     pub random_ops: usize,
     /// One unmeasured boot of each VMM before the measured ones.
     pub warmup: bool,
+    /// QEMU's I/O backend for the image.
+    pub qemu_aio: QemuAio,
+}
+
+/// QEMU's `aio=` for the image (both with `cache=writeback`, QEMU's
+/// default; the image is on tmpfs, which has no O_DIRECT for `aio=native`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QemuAio {
+    /// QEMU's default: a pool of worker threads doing preadv/pwritev.
+    #[default]
+    Threads,
+    /// io_uring, like Vireo's own engine.
+    IoUring,
+}
+
+impl QemuAio {
+    fn as_str(self) -> &'static str {
+        match self {
+            QemuAio::Threads => "threads",
+            QemuAio::IoUring => "io_uring",
+        }
+    }
+}
+
+impl std::str::FromStr for QemuAio {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "threads" => Ok(QemuAio::Threads),
+            "io_uring" | "io-uring" => Ok(QemuAio::IoUring),
+            other => Err(format!(
+                "unknown QEMU aio backend {other:?}: expected threads or io_uring"
+            )),
+        }
+    }
 }
 
 impl Default for BlockBenchOptions {
@@ -66,6 +103,7 @@ impl Default for BlockBenchOptions {
             vireo: PathBuf::from("vireo"),
             random_ops: BLOCK_DEFAULT_RANDOM_OPS,
             warmup: true,
+            qemu_aio: QemuAio::Threads,
         }
     }
 }
@@ -147,11 +185,14 @@ fn vireo_vmm(random_ops: usize) -> ScriptVmm {
     }
 }
 
-fn qemu_vmm(random_ops: usize) -> ScriptVmm {
+fn qemu_vmm(random_ops: usize, aio: QemuAio) -> ScriptVmm {
     let mut argv = qemu_argv_with(QEMU_MACHINE, &cmdline_extra(random_ops));
     argv.extend([
         "-drive".into(),
-        format!("file={L1_IMAGE},format=raw,if=none,id=blk0,cache=writeback,aio=threads"),
+        format!(
+            "file={L1_IMAGE},format=raw,if=none,id=blk0,cache=writeback,aio={}",
+            aio.as_str()
+        ),
         "-device".into(),
         "virtio-blk-pci,drive=blk0".into(),
     ]);
@@ -187,7 +228,10 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     let qemu = find_qemu()?;
     let initrd = TempFile::write("blk-initrd.cpio", &initrd_with_script(&g.initrd)?)?;
     let files = l1_files(&opts.vireo, &qemu, &g.kernel, &initrd.path)?;
-    let (vireo, qemu_vmm) = (vireo_vmm(opts.random_ops), qemu_vmm(opts.random_ops));
+    let (vireo, qemu_vmm) = (
+        vireo_vmm(opts.random_ops),
+        qemu_vmm(opts.random_ops, opts.qemu_aio),
+    );
     let script = l1_script(&L1Plan {
         first: &vireo,
         second: &qemu_vmm,
@@ -242,6 +286,9 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     );
     let _ = writeln!(report, "  vireo: {}", sh_display(&vireo.argv));
     let _ = writeln!(report, "  qemu:  {}", sh_display(&qemu_vmm.argv));
+    for note in guest_notes(&out.stdout) {
+        let _ = writeln!(report, "  guest on {note}");
+    }
     report.push_str(&render_tables(&v, &q, opts.random_ops)?);
     Ok(report)
 }

@@ -77,6 +77,11 @@ if [ "$N" -gt 0 ]; then
     t rnd4k-write $((N * 4096)) $N rnd_write
     t dd-start 0 $N spawn_only
 fi
+# How the disk is wired: its interrupt lines and hardware queues.
+while IFS= read -r l; do
+    case $l in *virtio*|*vda*) set -f; set -- $l; set +f; echo "BLK-INFO irq $*" ;; esac
+done < /proc/interrupts
+echo "BLK-INFO queues $(ls /sys/block/vda/mq | wc -l) scheduler $(cat /sys/block/vda/queue/scheduler)"
 echo BLK-DONE
 "#;
 
@@ -103,6 +108,7 @@ run_one() {
         line=${line%"$CR"}
         case $line in
         *BLK-RES\ *) echo "BENCH-BLK vmm=$name run=$tag ${line#*BLK-RES }" ;;
+        *BLK-INFO\ *) echo "BENCH-INFO vmm=$name run=$tag ${line#*BLK-INFO }" ;;
         *BLK-FAIL*) echo "BENCH-FAIL $name run $tag: guest: ${line#*BLK-FAIL }" ;;
         *BLK-DONE*) done=1 ;;
         esac
@@ -154,6 +160,16 @@ pub fn l1_script(plan: &L1Plan) -> String {
         .replace("@SECOND_CMD@", &sh_words(&plan.second.argv))
         .replace("@FIRST@", &plan.first.name)
         .replace("@SECOND@", &plan.second.name)
+}
+
+/// The guest's notes about how its disk is wired (interrupts, queues),
+/// from the first measured boot of each VMM: "vmm: note" lines.
+pub fn guest_notes(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once("BENCH-INFO vmm=")?.1.split_once(" run=0 "))
+        .map(|(vmm, note)| format!("{vmm}: {}", note.trim()))
+        .collect()
 }
 
 /// One test's reading in one boot.

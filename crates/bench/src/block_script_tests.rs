@@ -53,6 +53,21 @@ fn failures_and_unfinished_runs_are_errors() {
 }
 
 #[test]
+fn guest_notes_come_from_the_first_measured_boot() {
+    let out = "BENCH-INFO vmm=vireo run=warmup irq 24: 5 PCI-MSI virtio0-req.0\n\
+               BENCH-INFO vmm=vireo run=0 irq 24: 9 PCI-MSI virtio0-req.0\r\n\
+               BENCH-INFO vmm=qemu run=0 queues 1 scheduler [none] mq-deadline\n\
+               BENCH-INFO vmm=qemu run=1 queues 1\n";
+    assert_eq!(
+        guest_notes(out),
+        [
+            "vireo: irq 24: 9 PCI-MSI virtio0-req.0",
+            "qemu: queues 1 scheduler [none] mq-deadline"
+        ]
+    );
+}
+
+#[test]
 fn result_line_fields() {
     let l = parse_blk_line("x BENCH-BLK vmm=a run=3 test=t ns=1500000000 bytes=10 ops=2 extra=1")
         .expect("parses");

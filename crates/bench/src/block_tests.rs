@@ -11,7 +11,7 @@ fn arg_after<'a>(argv: &'a [String], flag: &str) -> &'a str {
 #[test]
 fn both_vmms_boot_the_same_guest_on_the_same_image() {
     let v = vireo_vmm(100).argv;
-    let q = qemu_vmm(100).argv;
+    let q = qemu_vmm(100, QemuAio::Threads).argv;
     let cmdline = arg_after(&v, "--cmdline");
     assert_eq!(
         arg_after(&q, "-append"),
@@ -26,6 +26,15 @@ fn both_vmms_boot_the_same_guest_on_the_same_image() {
     assert_eq!(arg_after(&v, "--cpus"), arg_after(&q, "-smp"));
     assert_eq!(arg_after(&v, "--initrd"), arg_after(&q, "-initrd"));
     assert!(v.iter().any(|a| a == "--emulate=never"));
+}
+
+#[test]
+fn qemu_aio_choices() {
+    assert_eq!("threads".parse(), Ok(QemuAio::Threads));
+    assert_eq!("io_uring".parse(), Ok(QemuAio::IoUring));
+    assert!("native".parse::<QemuAio>().is_err());
+    let q = qemu_vmm(0, QemuAio::IoUring).argv;
+    assert!(arg_after(&q, "-drive").ends_with(",aio=io_uring"), "{q:?}");
 }
 
 #[test]

@@ -24,7 +24,9 @@ mod rig_part;
 mod rig_script;
 mod stats;
 
-pub use block::{run_block_bench, BlockBenchOptions, BLOCK_DEFAULT_RANDOM_OPS, BLOCK_DEFAULT_RUNS};
+pub use block::{
+    run_block_bench, BlockBenchOptions, QemuAio, BLOCK_DEFAULT_RANDOM_OPS, BLOCK_DEFAULT_RUNS,
+};
 pub use guest_elf::{minimal_guest_elf, MARKER};
 pub use measure::{RunSample, VmmCommand};
 pub use rig_part::RIG_MAX_RUNS;
