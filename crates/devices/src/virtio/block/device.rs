@@ -148,8 +148,8 @@ impl Block {
         }
     }
 
-    /// Choose the I/O engine for the next activation (default: io_uring
-    /// with a synchronous fallback).
+    /// Choose the I/O engine for the next activation (default: io_uring,
+    /// falling back to the thread pool).
     pub fn set_engine(&mut self, kind: EngineKind) {
         self.engine_pref = kind;
     }
@@ -438,10 +438,11 @@ mod tests {
     }
 
     /// Activate with a real device thread, serve a kick, reset (joins the
-    /// thread), then negotiate and activate again: for both engines.
+    /// thread and, with the pool engine, its I/O threads), then negotiate
+    /// and activate again: for every engine.
     #[test]
     fn activate_serve_reset_and_reactivate() {
-        for engine in [EngineKind::IoUring, EngineKind::Sync] {
+        for engine in ALL_ENGINES {
             let img = TempImage::patterned(1 << 20);
             let mem = guest_memory();
             let mut block = Block::new(&img.path, false, Some("t".into()), 1).unwrap();
@@ -458,6 +459,9 @@ mod tests {
                 };
                 block.activate(mem.clone(), vec![aq], irq.clone()).unwrap();
                 assert!(block.is_active());
+                if engine != EngineKind::IoUring {
+                    assert_eq!(block.engine(), Some(engine));
+                }
                 let data = vec![round as u8 + 1; 4096];
                 let w = d.write(8, &data);
                 let f = d.bare(VIRTIO_BLK_T_FLUSH);
@@ -482,6 +486,7 @@ mod tests {
         }
     }
 
+    /// io_uring when the host has it, else the thread pool.
     #[test]
     fn io_uring_engine_is_used_when_the_host_has_it() {
         let img = TempImage::patterned(1 << 20);
@@ -499,7 +504,7 @@ mod tests {
         let want = if probe {
             EngineKind::IoUring
         } else {
-            EngineKind::Sync
+            EngineKind::Pool
         };
         println!("engine in use: {:?}", block.engine());
         assert_eq!(block.engine(), Some(want));

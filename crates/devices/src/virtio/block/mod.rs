@@ -4,11 +4,12 @@
 //! - `device.rs`: `Block`, the `VirtioDevice` the transport drives (features,
 //!   config space, activate/reset).
 //! - `disk.rs`: the backing file (open checks, capacity, synchronous I/O
-//!   helpers shared by both engines).
+//!   helpers the engines share).
 //! - `request.rs`: turns an untrusted descriptor chain into a validated
 //!   `Request`, or says why it cannot.
-//! - `engine/`: the I/O engines (io_uring where the host has it, else
-//!   synchronous preadv/pwritev in the worker).
+//! - `engine/`: the I/O engines (io_uring where the host has it, else a
+//!   pool of I/O threads doing preadv/pwritev; a synchronous engine in the
+//!   worker for tests and fuzzing).
 //! - `worker.rs`: the device thread: waits on the queues' kick eventfds,
 //!   submits requests to the engine, completes them in batches and signals
 //!   the guest once per batch (respecting EVENT_IDX).

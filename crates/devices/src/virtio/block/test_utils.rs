@@ -27,6 +27,10 @@ pub const DATA_START: u64 = 0x10_0000;
 /// Guest memory: two adjacent 2 MiB regions (a buffer may straddle them).
 pub const REGION: u64 = 0x20_0000;
 
+/// Every engine, for tests that must hold whichever one serves the device
+/// (IoUring falls back to Pool on a host without io_uring).
+pub const ALL_ENGINES: [EngineKind; 3] = [EngineKind::IoUring, EngineKind::Pool, EngineKind::Sync];
+
 pub fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[
         (GuestAddress(0), REGION as usize),
@@ -194,6 +198,16 @@ impl<'a> Driver<'a> {
             Arc::new(BlockMetrics::default()),
             EngineKind::Sync,
         )
+    }
+
+    /// A worker on this queue with `engine`.
+    pub fn worker_on(
+        &self,
+        disk: Arc<Disk>,
+        interrupt: Arc<TestInterrupt>,
+        engine: EngineKind,
+    ) -> Worker {
+        self.worker_with(disk, interrupt, Arc::new(BlockMetrics::default()), engine)
     }
 
     pub fn worker_with(

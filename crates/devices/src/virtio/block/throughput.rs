@@ -56,7 +56,7 @@ fn run(engine: EngineKind, write: bool, block: u32, random: bool, total: u64) ->
 #[test]
 #[ignore]
 fn throughput() {
-    for engine in [EngineKind::IoUring, EngineKind::Sync] {
+    for engine in ALL_ENGINES {
         for (name, write, block, random, total) in [
             ("seq read 1M", false, 1 << 20, false, 256u64 << 20),
             ("seq write 1M", true, 1 << 20, false, 256 << 20),

@@ -1,18 +1,21 @@
 //! I/O engines: how a validated request reaches the disk.
 //!
-//! Both engines have the same shape: `push` queues an operation under a
-//! token, `submit` hands the queued batch to the kernel, `reap` collects
-//! finished operations as `(token, result)` pairs, `drain` waits for
-//! everything still in flight. The io_uring engine does the I/O
-//! asynchronously (one `io_uring_enter` per batch, completions signalled on
-//! an eventfd the worker polls); the synchronous engine does each operation
-//! inside `push` with preadv/pwritev/fdatasync/fallocate and reports it at
-//! the next `reap`.
+//! All engines have the same shape: `push` queues an operation under a
+//! token, `submit` hands the queued batch over, `reap` collects finished
+//! operations as `(token, result)` pairs, `drain` waits for everything still
+//! in flight. The io_uring engine does the I/O asynchronously in the kernel
+//! (one `io_uring_enter` per batch, completions signalled on an eventfd the
+//! worker polls); the thread-pool engine runs the operations on a few I/O
+//! threads and signals completions the same way; the synchronous engine
+//! does each operation inside `push` and reports it at the next `reap`. The
+//! pool and synchronous engines share the operation code
+//! (`sync::execute`: preadv/pwritev, fdatasync, fallocate with fallbacks).
 //!
 //! Results follow the kernel convention: bytes transferred, or a negative
 //! errno. Short transfers and unsupported fallocate modes are finished by the
 //! worker (see `worker.rs`).
 
+mod pool;
 mod sync;
 mod uring;
 
@@ -24,17 +27,21 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
 
+pub use pool::{PoolEngine, POOL_THREADS};
 pub use sync::SyncEngine;
 pub use uring::UringEngine;
 
 /// Which engine serves a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EngineKind {
-    /// io_uring when the host supports the operations we need, else Sync.
+    /// io_uring when the host supports the operations we need, else Pool.
     #[default]
     IoUring,
-    /// preadv/pwritev in the device thread.
+    /// preadv/pwritev in the device thread (deterministic: tests, fuzzing).
     Sync,
+    /// preadv/pwritev on a pool of I/O threads (Sync if the threads cannot
+    /// be started).
+    Pool,
 }
 
 /// One operation on the disk.
@@ -59,17 +66,26 @@ pub struct Completion {
 #[derive(Debug)]
 pub enum Engine {
     Sync(SyncEngine),
+    Pool(PoolEngine),
     Uring(Box<UringEngine>),
 }
 
 impl Engine {
-    /// Build the preferred engine; io_uring falls back to Sync when the host
-    /// lacks it (old kernel, seccomp, a sysctl turning it off) or one of the
-    /// operations we use. `depth` is the most operations in flight at once.
+    /// Build the preferred engine; io_uring falls back to the thread pool
+    /// when the host lacks it (old kernel, seccomp, a sysctl turning it off)
+    /// or one of the operations we use, and the pool to Sync when its
+    /// threads cannot be started. `depth` is the most operations in flight
+    /// at once (the pool never runs more threads than that).
     pub fn new(disk: Arc<Disk>, prefer: EngineKind, depth: u32) -> Engine {
         if prefer == EngineKind::IoUring {
             if let Ok(engine) = UringEngine::new(disk.clone(), depth) {
                 return Engine::Uring(Box::new(engine));
+            }
+        }
+        if prefer != EngineKind::Sync {
+            let threads = POOL_THREADS.min(depth.max(1) as usize);
+            if let Ok(engine) = PoolEngine::new(disk.clone(), threads) {
+                return Engine::Pool(engine);
             }
         }
         Engine::Sync(SyncEngine::new(disk))
@@ -78,6 +94,7 @@ impl Engine {
     pub fn kind(&self) -> EngineKind {
         match self {
             Engine::Sync(_) => EngineKind::Sync,
+            Engine::Pool(_) => EngineKind::Pool,
             Engine::Uring(_) => EngineKind::IoUring,
         }
     }
@@ -87,6 +104,7 @@ impl Engine {
     pub fn event_fd(&self) -> Option<RawFd> {
         match self {
             Engine::Sync(_) => None,
+            Engine::Pool(e) => Some(e.event_fd()),
             Engine::Uring(e) => Some(e.event_fd()),
         }
     }
@@ -96,8 +114,10 @@ impl Engine {
     /// # Safety
     /// For reads and writes, `iovecs` must point to memory that stays valid
     /// (mapped, not freed) and is not moved until the completion for `token`
-    /// has been reaped or `drain` has returned: the kernel reads and writes
-    /// it asynchronously. The iovec array itself must stay in place too.
+    /// has been reaped or `drain` has returned: the kernel (io_uring) or a
+    /// pool thread reads and writes it asynchronously. The iovec array
+    /// itself must stay in place, and the caller must neither read nor
+    /// write it, until then too (a pool thread advances it as data moves).
     pub unsafe fn push(
         &mut self,
         token: u32,
@@ -110,6 +130,12 @@ impl Engine {
                 unsafe { e.push(token, op, iovecs) };
                 Ok(())
             }
+            Engine::Pool(e) => {
+                // SAFETY: the caller upholds the contract above, which is
+                // what lets a pool thread use the iovecs (see `pool.rs`).
+                unsafe { e.push(token, op, iovecs) };
+                Ok(())
+            }
             // SAFETY: the caller upholds the contract above.
             Engine::Uring(e) => unsafe { e.push(token, op, iovecs) },
         }
@@ -119,6 +145,10 @@ impl Engine {
     pub fn submit(&mut self) -> io::Result<()> {
         match self {
             Engine::Sync(_) => Ok(()),
+            Engine::Pool(e) => {
+                e.submit();
+                Ok(())
+            }
             Engine::Uring(e) => e.submit(),
         }
     }
@@ -127,6 +157,7 @@ impl Engine {
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         match self {
             Engine::Sync(e) => e.reap(out),
+            Engine::Pool(e) => e.reap(out),
             Engine::Uring(e) => e.reap(out),
         }
     }
@@ -135,6 +166,7 @@ impl Engine {
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
         match self {
             Engine::Sync(e) => e.reap(out),
+            Engine::Pool(e) => e.drain(out),
             Engine::Uring(e) => e.drain(out),
         }
     }
@@ -143,6 +175,7 @@ impl Engine {
     pub fn in_flight(&self) -> usize {
         match self {
             Engine::Sync(e) => e.pending(),
+            Engine::Pool(e) => e.in_flight(),
             Engine::Uring(e) => e.in_flight(),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Created only after probing that the kernel lets us set up a ring and
 //! supports each opcode we use; anything else makes the caller fall back to
-//! the synchronous engine.
+//! the thread-pool engine.
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};

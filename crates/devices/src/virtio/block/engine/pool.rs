@@ -1,0 +1,275 @@
+//! The thread-pool engine: a few I/O threads run the synchronous engine's
+//! operation code (`sync::execute`: preadv/pwritev, fdatasync, fallocate
+//! with its fallbacks) so the device thread never blocks on the disk. The
+//! fallback when the host has no usable io_uring.
+//!
+//! `push` collects operations into a local batch; `submit` moves the batch
+//! to a shared job queue (one lock) and wakes as many idle threads as there
+//! are new jobs. A thread takes one job at a time, runs it and appends the
+//! completion to a shared list; the first completion into an empty list
+//! writes the engine's eventfd, which the device thread polls
+//! edge-triggered (as it does io_uring's), and `reap` takes the whole list
+//! under one lock. So a batch of completions costs one eventfd write and one
+//! wakeup of the device thread, however many threads produced it.
+//!
+//! Dropping the engine (after the worker drained it) stops the threads: each
+//! finishes the jobs still queued, then exits, and the drop joins them, so
+//! no pool thread touches guest memory once the engine is gone.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::sync::execute;
+use super::{Completion, Op};
+use crate::virtio::block::disk::Disk;
+
+/// Threads per device. Enough to overlap a flush with reads and writes and
+/// to keep several requests at the host's storage at once; more would only
+/// compete for the host's cores with the vCPUs.
+pub const POOL_THREADS: usize = 4;
+
+/// One operation handed to a pool thread: the iovec array travels as a raw
+/// pointer and length.
+struct Job {
+    token: u32,
+    op: Op,
+    iov: *mut libc::iovec,
+    iov_len: usize,
+}
+
+// SAFETY: a `Job` is the `Engine::push` contract moved to another thread.
+// The device thread promises that the iovec array (a request slot's buffer)
+// and the guest memory its entries point to stay valid, and that it neither
+// reads nor writes the array, until it has reaped the job's completion or
+// drained the engine; the worker also drains the engine before it (and the
+// `GuestMemory` keeping the regions mapped) goes away. So exactly one thread
+// uses the array at a time: the pool thread that took the job, between
+// taking it and publishing its completion under the `done` mutex (whose
+// lock/unlock orders those accesses before the device thread's). The guest
+// buffers themselves are only passed to preadv/pwritev, never turned into
+// Rust references, exactly as the io_uring engine hands them to the kernel;
+// the guest racing on its own buffers cannot break the VMM's memory safety.
+unsafe impl Send for Job {}
+
+#[derive(Default)]
+struct Jobs {
+    queue: VecDeque<Job>,
+    /// Threads waiting on `job_ready`.
+    idle: usize,
+    /// Set on drop: threads exit once the queue is empty.
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Done {
+    list: Vec<Completion>,
+    /// The device thread waits on `done_ready` (in `drain`).
+    waiting: bool,
+}
+
+struct Shared {
+    disk: Arc<Disk>,
+    jobs: Mutex<Jobs>,
+    job_ready: Condvar,
+    done: Mutex<Done>,
+    done_ready: Condvar,
+    event: EventFd,
+}
+
+pub struct PoolEngine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Pushed, not yet submitted.
+    batch: Vec<Job>,
+    /// Pushed and not yet reaped.
+    in_flight: usize,
+}
+
+impl std::fmt::Debug for PoolEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolEngine")
+            .field("threads", &self.threads.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+/// A poisoned lock only means a pool thread panicked outside `execute`
+/// (which is caught); the data under it is still consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PoolEngine {
+    /// Start `threads` I/O threads (at least one); fails if the eventfd or a
+    /// thread cannot be created.
+    pub fn new(disk: Arc<Disk>, threads: usize) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            disk,
+            jobs: Mutex::new(Jobs::default()),
+            job_ready: Condvar::new(),
+            done: Mutex::new(Done::default()),
+            done_ready: Condvar::new(),
+            event: EventFd::new(EFD_NONBLOCK)?,
+        });
+        let mut engine = PoolEngine {
+            shared,
+            threads: Vec::new(),
+            batch: Vec::with_capacity(64),
+            in_flight: 0,
+        };
+        for i in 0..threads.max(1) {
+            let shared = engine.shared.clone();
+            // On failure `engine` is dropped, which stops the threads
+            // already started.
+            let thread = std::thread::Builder::new()
+                .name(format!("vireo-blk-io{i}"))
+                .spawn(move || serve(&shared))?;
+            engine.threads.push(thread);
+        }
+        Ok(engine)
+    }
+
+    pub fn event_fd(&self) -> RawFd {
+        self.shared.event.as_raw_fd()
+    }
+
+    /// # Safety
+    /// See `Engine::push`: the iovecs and the memory they point to must stay
+    /// valid, and the iovecs untouched by the caller, until the completion
+    /// is reaped or `drain` has returned.
+    pub unsafe fn push(&mut self, token: u32, op: Op, iovecs: &mut [libc::iovec]) {
+        let (iov, iov_len) = match op {
+            Op::Read { .. } | Op::Write { .. } => (iovecs.as_mut_ptr(), iovecs.len()),
+            _ => (std::ptr::null_mut(), 0),
+        };
+        self.batch.push(Job {
+            token,
+            op,
+            iov,
+            iov_len,
+        });
+        self.in_flight += 1;
+    }
+
+    /// Hand the batch to the threads, waking as many idle ones as needed.
+    pub fn submit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.len();
+        let wake = {
+            let mut jobs = lock(&self.shared.jobs);
+            jobs.queue.extend(self.batch.drain(..));
+            n.min(jobs.idle)
+        };
+        // Busy threads look at the queue again before they sleep: only the
+        // idle ones need a (syscall-costing) wakeup.
+        for _ in 0..wake {
+            self.shared.job_ready.notify_one();
+        }
+    }
+
+    /// Take every completion published so far.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        // The eventfd is never read: the worker polls it edge-triggered.
+        let mut done = lock(&self.shared.done);
+        self.in_flight = self.in_flight.saturating_sub(done.list.len());
+        out.append(&mut done.list);
+    }
+
+    /// Submit what is still batched and wait for everything in flight.
+    pub fn drain(&mut self, out: &mut Vec<Completion>) {
+        self.submit();
+        while self.in_flight > 0 {
+            let mut done = lock(&self.shared.done);
+            while done.list.is_empty() {
+                done.waiting = true;
+                done = self
+                    .shared
+                    .done_ready
+                    .wait(done)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            done.waiting = false;
+            self.in_flight = self.in_flight.saturating_sub(done.list.len());
+            out.append(&mut done.list);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for PoolEngine {
+    fn drop(&mut self) {
+        // Never submitted: no thread has seen these.
+        self.batch.clear();
+        lock(&self.shared.jobs).stop = true;
+        self.shared.job_ready.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A pool thread: take jobs until stopped and the queue is empty.
+fn serve(shared: &Shared) {
+    loop {
+        let job = {
+            let mut jobs = lock(&shared.jobs);
+            loop {
+                if let Some(job) = jobs.queue.pop_front() {
+                    break job;
+                }
+                if jobs.stop {
+                    return;
+                }
+                jobs.idle += 1;
+                jobs = shared
+                    .job_ready
+                    .wait(jobs)
+                    .unwrap_or_else(PoisonError::into_inner);
+                jobs.idle -= 1;
+            }
+        };
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            let iovecs: &mut [libc::iovec] = if job.iov_len == 0 {
+                &mut []
+            } else {
+                // SAFETY: see `impl Send for Job`: the array is valid and
+                // used by this thread alone until the completion is
+                // published below.
+                unsafe { std::slice::from_raw_parts_mut(job.iov, job.iov_len) }
+            };
+            // SAFETY: the iovecs point to guest memory that stays mapped
+            // until the completion is reaped (the `Engine::push` contract).
+            unsafe { execute(&shared.disk, job.op, iovecs) }
+        }))
+        .unwrap_or(-libc::EIO);
+        let (first, waiting) = {
+            let mut done = lock(&shared.done);
+            let first = done.list.is_empty();
+            done.list.push(Completion {
+                token: job.token,
+                result,
+            });
+            (first, done.waiting)
+        };
+        if waiting {
+            shared.done_ready.notify_one();
+        }
+        // Later completions join a list the device thread has yet to reap,
+        // so it is already due a wakeup from this first one.
+        if first {
+            let _ = shared.event.write(1);
+        }
+    }
+}
