@@ -2,7 +2,7 @@
 //! thing as `vireo bench block`):
 //!
 //! ```text
-//! cargo run --release -p bench --example block_bench -- VIREO_BINARY [RUNS] [RANDOM_OPS] [--no-warmup] [--qemu-aio=threads|io_uring]
+//! cargo run --release -p bench --example block_bench -- VIREO_BINARY [RUNS] [RANDOM_OPS] [--reps=N] [--no-warmup] [--qemu-aio=threads|io_uring]
 //! ```
 
 fn main() {
@@ -11,6 +11,13 @@ fn main() {
     for arg in std::env::args().skip(1) {
         if arg == "--no-warmup" {
             opts.warmup = false;
+            continue;
+        }
+        if let Some(reps) = arg.strip_prefix("--reps=") {
+            opts.reps = reps.parse().unwrap_or_else(|e| {
+                eprintln!("error: --reps must be a number, got {reps:?}: {e}");
+                std::process::exit(2);
+            });
             continue;
         }
         if let Some(aio) = arg.strip_prefix("--qemu-aio=") {

@@ -30,6 +30,10 @@ use std::time::Duration;
 pub const BLOCK_DEFAULT_RUNS: usize = 3;
 /// Default random 4 KiB operations per random test (each is one `dd`).
 pub const BLOCK_DEFAULT_RANDOM_OPS: usize = 200;
+/// Default repetitions of the whole set of tests per boot.
+pub const BLOCK_DEFAULT_REPS: usize = 3;
+/// The warm-up boots run the tests once, with this many random operations.
+const WARMUP_RANDOM_OPS: usize = 20;
 
 /// The image both VMMs serve, inside L1 (tmpfs).
 const L1_IMAGE: &str = "/tmp/vireo-blk/disk.img";
@@ -42,7 +46,8 @@ const IMAGE_MIB: u64 = 128;
 /// like the boot benchmark.
 const QEMU_MACHINE: &str = "microvm,pcie=on";
 
-/// One boot (guest boot plus every test) is killed after this long.
+/// One boot (guest boot plus one repetition of every test) is killed after
+/// this long (times the repetitions).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// Allowance for L1's own boot and shutdown.
 const L1_OVERHEAD: Duration = Duration::from_secs(300);
@@ -56,6 +61,9 @@ pub struct BlockBenchOptions {
     pub vireo: PathBuf,
     /// Random 4 KiB operations per random test; 0 skips the random tests.
     pub random_ops: usize,
+    /// Repetitions of the whole set of tests per boot (default
+    /// [`BLOCK_DEFAULT_REPS`]); every repetition is a sample.
+    pub reps: usize,
     /// One unmeasured boot of each VMM before the measured ones.
     pub warmup: bool,
     /// QEMU's I/O backend for the image.
@@ -102,6 +110,7 @@ impl Default for BlockBenchOptions {
             runs: BLOCK_DEFAULT_RUNS,
             vireo: PathBuf::from("vireo"),
             random_ops: BLOCK_DEFAULT_RANDOM_OPS,
+            reps: BLOCK_DEFAULT_REPS,
             warmup: true,
             qemu_aio: QemuAio::Threads,
         }
@@ -162,11 +171,12 @@ const TESTS: &[TestDef] = &[
 const DD_START: &str = "dd-start";
 
 /// The guest's extra command line: quiet, and run the guest script.
-fn cmdline_extra(random_ops: usize) -> String {
+fn cmdline_extra(random_ops: usize, reps: usize) -> String {
     let argv = [
         "sh".to_string(),
         GUEST_SCRIPT_PATH.to_string(),
         random_ops.to_string(),
+        reps.to_string(),
     ];
     format!(
         "{} {}",
@@ -175,8 +185,8 @@ fn cmdline_extra(random_ops: usize) -> String {
     )
 }
 
-fn vireo_vmm(random_ops: usize) -> ScriptVmm {
-    let mut argv = vireo_argv_with(&cmdline_extra(random_ops));
+fn vireo_vmm(random_ops: usize, reps: usize) -> ScriptVmm {
+    let mut argv = vireo_argv_with(&cmdline_extra(random_ops, reps));
     argv.extend(["--cpus".into(), "1".into()]);
     argv.extend(["--disk".into(), format!("path={L1_IMAGE}")]);
     ScriptVmm {
@@ -185,8 +195,8 @@ fn vireo_vmm(random_ops: usize) -> ScriptVmm {
     }
 }
 
-fn qemu_vmm(random_ops: usize, aio: QemuAio) -> ScriptVmm {
-    let mut argv = qemu_argv_with(QEMU_MACHINE, &cmdline_extra(random_ops));
+fn qemu_vmm(random_ops: usize, reps: usize, aio: QemuAio) -> ScriptVmm {
+    let mut argv = qemu_argv_with(QEMU_MACHINE, &cmdline_extra(random_ops, reps));
     argv.extend([
         "-drive".into(),
         format!(
@@ -221,27 +231,27 @@ fn initrd_with_script(initrd: &std::path::Path) -> Result<Vec<u8>, BenchError> {
 
 /// Runs the block benchmark in the nested rig and returns the report.
 pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
-    if opts.runs == 0 {
+    if opts.runs == 0 || opts.reps == 0 {
         return Err(BenchError::NoRuns);
     }
     let g = guest::ensure_default_guest()?;
-    let qemu = find_qemu()?;
+    let qemu_bin = find_qemu()?;
     let initrd = TempFile::write("blk-initrd.cpio", &initrd_with_script(&g.initrd)?)?;
-    let files = l1_files(&opts.vireo, &qemu, &g.kernel, &initrd.path)?;
-    let (vireo, qemu_vmm) = (
-        vireo_vmm(opts.random_ops),
-        qemu_vmm(opts.random_ops, opts.qemu_aio),
-    );
+    let files = l1_files(&opts.vireo, &qemu_bin, &g.kernel, &initrd.path)?;
+    let (ops, reps, aio) = (opts.random_ops, opts.reps, opts.qemu_aio);
+    let (vireo, qemu) = (vireo_vmm(ops, reps), qemu_vmm(ops, reps, aio));
+    let warm_ops = ops.min(WARMUP_RANDOM_OPS);
+    let (warm_vireo, warm_qemu) = (vireo_vmm(warm_ops, 1), qemu_vmm(warm_ops, 1, aio));
     let script = l1_script(&L1Plan {
         first: &vireo,
-        second: &qemu_vmm,
+        second: &qemu,
         runs: opts.runs,
-        warmup: opts.warmup,
-        timeout: BOOT_TIMEOUT,
+        warmup: opts.warmup.then_some((&warm_vireo, &warm_qemu)),
+        timeout: BOOT_TIMEOUT.saturating_mul(u32::try_from(reps).unwrap_or(u32::MAX)),
         image: L1_IMAGE,
         image_mib: IMAGE_MIB,
     });
-    let boots = u32::try_from(2 * opts.runs + 2).unwrap_or(u32::MAX);
+    let boots = u32::try_from(2 * opts.runs.saturating_mul(reps) + 2).unwrap_or(u32::MAX);
     let out = rig::qemu::run_l1(&rig::qemu::L1Run {
         script,
         files,
@@ -270,11 +280,11 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     );
     let _ = writeln!(
         report,
-        "  inside the nested rig's L1 (QEMU TCG, emulated SVM); {} measured boots per VMM, \
-         alternating{}; host {}",
+        "  inside the nested rig's L1 (QEMU TCG, emulated SVM); {} measured boots per VMM \
+         x {reps} repetitions of every test, alternating{}; host {}",
         opts.runs,
         if opts.warmup {
-            ", after one warm-up each"
+            ", after one warm-up boot each"
         } else {
             ""
         },
@@ -285,7 +295,7 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
         "  times are inflated by emulation: compare the ratios, never quote them as native times"
     );
     let _ = writeln!(report, "  vireo: {}", sh_display(&vireo.argv));
-    let _ = writeln!(report, "  qemu:  {}", sh_display(&qemu_vmm.argv));
+    let _ = writeln!(report, "  qemu:  {}", sh_display(&qemu.argv));
     for note in guest_notes(&out.stdout) {
         let _ = writeln!(report, "  guest on {note}");
     }

@@ -32,6 +32,26 @@ fn results_are_grouped_per_vmm_and_run_without_warmups() {
 }
 
 #[test]
+fn every_repetition_is_a_sample_of_its_own() {
+    let out = "\
+BENCH-BLK vmm=vireo run=0 test=seq1m-read rep=0 ns=1000000000 bytes=1 ops=1
+BENCH-BLK vmm=vireo run=0 test=dd-start rep=0 ns=3000000000 bytes=0 ops=1
+BENCH-BLK vmm=vireo run=0 test=seq1m-read rep=1 ns=2000000000 bytes=1 ops=1
+BENCH-BLK vmm=qemu run=0 test=seq1m-read rep=0 ns=1000000000 bytes=1 ops=1
+BENCH-DONE
+";
+    let [v, q] = parse_block_results(out, ["vireo", "qemu"]).expect("parses");
+    assert_eq!(v.len(), 2);
+    assert_eq!(q.len(), 1);
+    assert_eq!(v[1]["seq1m-read"].secs, 2.0);
+    assert_eq!(
+        v[0]["dd-start"].secs, 3.0,
+        "baseline stays with its repetition"
+    );
+    assert!(!v[1].contains_key("dd-start"));
+}
+
+#[test]
 fn failures_and_unfinished_runs_are_errors() {
     let failed = format!("{GOOD}BENCH-FAIL qemu run 1: guest: no /dev/vda\n");
     let err = parse_block_results(&failed, ["vireo", "qemu"])
@@ -132,7 +152,7 @@ fn run_l1(tag: &str, first: &ScriptVmm, second: &ScriptVmm, runs: usize) -> Opti
         first,
         second,
         runs,
-        warmup: true,
+        warmup: Some((first, second)),
         timeout: Duration::from_secs(20),
         image: &image.to_string_lossy(),
         image_mib: 1,

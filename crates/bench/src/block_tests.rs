@@ -10,8 +10,8 @@ fn arg_after<'a>(argv: &'a [String], flag: &str) -> &'a str {
 
 #[test]
 fn both_vmms_boot_the_same_guest_on_the_same_image() {
-    let v = vireo_vmm(100).argv;
-    let q = qemu_vmm(100, QemuAio::Threads).argv;
+    let v = vireo_vmm(100, 3).argv;
+    let q = qemu_vmm(100, 3, QemuAio::Threads).argv;
     let cmdline = arg_after(&v, "--cmdline");
     assert_eq!(
         arg_after(&q, "-append"),
@@ -33,7 +33,7 @@ fn qemu_aio_choices() {
     assert_eq!("threads".parse(), Ok(QemuAio::Threads));
     assert_eq!("io_uring".parse(), Ok(QemuAio::IoUring));
     assert!("native".parse::<QemuAio>().is_err());
-    let q = qemu_vmm(0, QemuAio::IoUring).argv;
+    let q = qemu_vmm(0, 1, QemuAio::IoUring).argv;
     assert!(arg_after(&q, "-drive").ends_with(",aio=io_uring"), "{q:?}");
 }
 
@@ -127,6 +127,11 @@ fn rates_refuse_non_positive_times() {
 fn zero_runs_is_an_error_before_any_work() {
     let opts = BlockBenchOptions {
         runs: 0,
+        ..BlockBenchOptions::default()
+    };
+    assert!(matches!(run_block_bench(&opts), Err(BenchError::NoRuns)));
+    let opts = BlockBenchOptions {
+        reps: 0,
         ..BlockBenchOptions::default()
     };
     assert!(matches!(run_block_bench(&opts), Err(BenchError::NoRuns)));
