@@ -23,7 +23,8 @@ use crate::size;
         vireo run --cpus 2 --memory 1G             two vCPUs, 1 GiB of RAM\n  \
         vireo run --kernel bzImage --initrd initrd.cpio --cmdline 'rdinit=/bin/sh'\n  \
         vireo guest build                          prepare the default guest now\n  \
-        vireo bench boot                           boot-time benchmark against QEMU"
+        vireo bench boot                           boot-time benchmark against QEMU\n  \
+        vireo bench block                          disk I/O benchmark against QEMU (nested rig)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -61,6 +62,25 @@ pub enum BenchCommand {
         /// Also run the rig part (slow: boots the emulated L1 machine)
         #[arg(long)]
         rig: bool,
+    },
+    /// Disk I/O: guest dd with O_DIRECT on Vireo's virtio-blk vs QEMU's,
+    /// in the nested emulation rig (several minutes)
+    Block {
+        /// Measured boots per VMM (alternating)
+        #[arg(long, default_value_t = bench::BLOCK_DEFAULT_RUNS)]
+        runs: usize,
+        /// Repetitions of every test per boot (each one a sample)
+        #[arg(long, default_value_t = bench::BLOCK_DEFAULT_REPS)]
+        reps: usize,
+        /// Random 4 KiB operations per random test (0 skips them)
+        #[arg(long, default_value_t = bench::BLOCK_DEFAULT_RANDOM_OPS)]
+        random_ops: usize,
+        /// QEMU's I/O backend for the image: threads (its default) or io_uring
+        #[arg(long, default_value = "threads")]
+        qemu_aio: bench::QemuAio,
+        /// Skip the warm-up boots
+        #[arg(long)]
+        no_warmup: bool,
     },
 }
 

@@ -105,6 +105,38 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Bench(BenchCommand::Block {
+            runs,
+            reps,
+            random_ops,
+            qemu_aio,
+            no_warmup,
+        }) => {
+            let vireo = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => return fail(format!("cannot find the vireo binary: {e}")),
+            };
+            let opts = bench::BlockBenchOptions {
+                runs,
+                vireo,
+                random_ops,
+                reps,
+                warmup: !no_warmup,
+                qemu_aio,
+            };
+            match bench::run_block_bench(&opts) {
+                Ok(table) => {
+                    println!("{table}");
+                    ExitCode::SUCCESS
+                }
+                // Interrupted: 128 + signal, like `vireo run`.
+                Err(bench::BenchError::Rig(e)) => {
+                    eprintln!("vireo: error: rig: {e}");
+                    exit_code(e.exit_code())
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Host => match rig::probe_host_kvm() {
             HostKvm::Usable => {
                 println!("direct: /dev/kvm can run guests on this host");
