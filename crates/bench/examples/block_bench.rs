@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p bench --example block_bench -- VIREO_BINARY [RUNS] [RANDOM_OPS] [--reps=N] [--no-warmup] [--qemu-aio=threads|io_uring]
+//!     [--qemu-machine=microvm|q35]
 //! ```
 
 fn main() {
@@ -16,6 +17,13 @@ fn main() {
         if let Some(reps) = arg.strip_prefix("--reps=") {
             opts.reps = reps.parse().unwrap_or_else(|e| {
                 eprintln!("error: --reps must be a number, got {reps:?}: {e}");
+                std::process::exit(2);
+            });
+            continue;
+        }
+        if let Some(m) = arg.strip_prefix("--qemu-machine=") {
+            opts.qemu_machine = m.parse().unwrap_or_else(|e| {
+                eprintln!("error: {e}");
                 std::process::exit(2);
             });
             continue;

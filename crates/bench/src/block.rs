@@ -18,7 +18,7 @@ use crate::block_script::{
     GUEST_SCRIPT_PATH,
 };
 use crate::native::{find_qemu, host_load, TempFile};
-use crate::rig_part::{l1_files, qemu_argv_with, vireo_argv_with, with_l1_context};
+use crate::rig_part::{l1_files, qemu_argv_with, vireo_argv_with, with_l1_context, L1_QEMU_DATA};
 use crate::rig_script::{sh_display, ScriptVmm};
 use crate::stats::{summarize, Comparison, MetricRow};
 use crate::BenchError;
@@ -39,12 +39,69 @@ const WARMUP_RANDOM_OPS: usize = 20;
 const L1_IMAGE: &str = "/tmp/vireo-blk/disk.img";
 const IMAGE_MIB: u64 = 128;
 
-/// QEMU's machine: microvm with a PCIe host bridge (GPEX, described to the
+/// QEMU's machine for the benchmark.
+///
+/// The default is microvm with a PCIe host bridge (GPEX, described to the
 /// guest by ACPI), so the stock kernel's virtio_pci driver finds the disk
-/// (Debian's kernel cannot take virtio-mmio devices from its command line,
-/// and the default guest loads no virtio_mmio module). Booted through qboot
-/// like the boot benchmark.
-const QEMU_MACHINE: &str = "microvm,pcie=on";
+/// and uses MSI-X, like with Vireo (Debian's kernel cannot take virtio-mmio
+/// devices from its command line, and the default guest loads no
+/// virtio_mmio module); it boots through qboot like the boot benchmark.
+/// q35 (SeaBIOS) is the machine of issue 3's QEMU reference points.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QemuMachine {
+    #[default]
+    Microvm,
+    Q35,
+}
+
+impl QemuMachine {
+    /// The `-M` value.
+    fn as_str(self) -> &'static str {
+        match self {
+            QemuMachine::Microvm => "microvm,pcie=on",
+            QemuMachine::Q35 => "q35",
+        }
+    }
+}
+
+impl std::str::FromStr for QemuMachine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "microvm" => Ok(QemuMachine::Microvm),
+            "q35" => Ok(QemuMachine::Q35),
+            other => Err(format!(
+                "unknown QEMU machine {other:?}: expected microvm or q35"
+            )),
+        }
+    }
+}
+
+/// SeaBIOS and the option ROM q35 loads, (file, directories to look in).
+const Q35_FIRMWARE: &[(&str, &[&str])] = &[
+    ("bios-256k.bin", &["/usr/share/qemu", "/usr/share/seabios"]),
+    ("kvmvapic.bin", &["/usr/share/qemu"]),
+];
+
+/// Adds q35's firmware to the files for L1's QEMU data directory.
+fn add_q35_firmware(files: &mut Vec<(PathBuf, String)>) -> Result<(), BenchError> {
+    for (name, dirs) in Q35_FIRMWARE {
+        let found = dirs
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| BenchError::FirmwareNotFound {
+                searched: dirs
+                    .iter()
+                    .map(|d| format!("{d}/{name}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        files.push((found, format!("{L1_QEMU_DATA}/{name}")));
+    }
+    Ok(())
+}
 
 /// One boot (guest boot plus one repetition of every test) is killed after
 /// this long (times the repetitions).
@@ -68,6 +125,8 @@ pub struct BlockBenchOptions {
     pub warmup: bool,
     /// QEMU's I/O backend for the image.
     pub qemu_aio: QemuAio,
+    /// QEMU's machine type.
+    pub qemu_machine: QemuMachine,
 }
 
 /// QEMU's `aio=` for the image (both with `cache=writeback`, QEMU's
@@ -113,6 +172,7 @@ impl Default for BlockBenchOptions {
             reps: BLOCK_DEFAULT_REPS,
             warmup: true,
             qemu_aio: QemuAio::Threads,
+            qemu_machine: QemuMachine::Microvm,
         }
     }
 }
@@ -195,8 +255,8 @@ fn vireo_vmm(random_ops: usize, reps: usize) -> ScriptVmm {
     }
 }
 
-fn qemu_vmm(random_ops: usize, reps: usize, aio: QemuAio) -> ScriptVmm {
-    let mut argv = qemu_argv_with(QEMU_MACHINE, &cmdline_extra(random_ops, reps));
+fn qemu_vmm(random_ops: usize, reps: usize, aio: QemuAio, machine: QemuMachine) -> ScriptVmm {
+    let mut argv = qemu_argv_with(machine.as_str(), &cmdline_extra(random_ops, reps));
     argv.extend([
         "-drive".into(),
         format!(
@@ -237,11 +297,15 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     let g = guest::ensure_default_guest()?;
     let qemu_bin = find_qemu()?;
     let initrd = TempFile::write("blk-initrd.cpio", &initrd_with_script(&g.initrd)?)?;
-    let files = l1_files(&opts.vireo, &qemu_bin, &g.kernel, &initrd.path)?;
-    let (ops, reps, aio) = (opts.random_ops, opts.reps, opts.qemu_aio);
-    let (vireo, qemu) = (vireo_vmm(ops, reps), qemu_vmm(ops, reps, aio));
+    let mut files = l1_files(&opts.vireo, &qemu_bin, &g.kernel, &initrd.path)?;
+    if opts.qemu_machine == QemuMachine::Q35 {
+        add_q35_firmware(&mut files)?;
+    }
+    let (ops, reps) = (opts.random_ops, opts.reps);
+    let (aio, machine) = (opts.qemu_aio, opts.qemu_machine);
+    let (vireo, qemu) = (vireo_vmm(ops, reps), qemu_vmm(ops, reps, aio, machine));
     let warm_ops = ops.min(WARMUP_RANDOM_OPS);
-    let (warm_vireo, warm_qemu) = (vireo_vmm(warm_ops, 1), qemu_vmm(warm_ops, 1, aio));
+    let (warm_vireo, warm_qemu) = (vireo_vmm(warm_ops, 1), qemu_vmm(warm_ops, 1, aio, machine));
     let script = l1_script(&L1Plan {
         first: &vireo,
         second: &qemu,

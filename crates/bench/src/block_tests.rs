@@ -11,7 +11,7 @@ fn arg_after<'a>(argv: &'a [String], flag: &str) -> &'a str {
 #[test]
 fn both_vmms_boot_the_same_guest_on_the_same_image() {
     let v = vireo_vmm(100, 3).argv;
-    let q = qemu_vmm(100, 3, QemuAio::Threads).argv;
+    let q = qemu_vmm(100, 3, QemuAio::Threads, QemuMachine::Microvm).argv;
     let cmdline = arg_after(&v, "--cmdline");
     assert_eq!(
         arg_after(&q, "-append"),
@@ -22,19 +22,23 @@ fn both_vmms_boot_the_same_guest_on_the_same_image() {
     assert!(arg_after(&q, "-drive").starts_with(&format!("file={L1_IMAGE},format=raw")));
     assert_eq!(arg_after(&q, "-device"), "i8042");
     assert!(q.iter().any(|a| a.starts_with("virtio-blk-pci")), "{q:?}");
-    assert_eq!(arg_after(&q, "-M"), QEMU_MACHINE);
+    assert_eq!(arg_after(&q, "-M"), "microvm,pcie=on");
     assert_eq!(arg_after(&v, "--cpus"), arg_after(&q, "-smp"));
     assert_eq!(arg_after(&v, "--initrd"), arg_after(&q, "-initrd"));
     assert!(v.iter().any(|a| a == "--emulate=never"));
 }
 
 #[test]
-fn qemu_aio_choices() {
+fn qemu_aio_and_machine_choices() {
     assert_eq!("threads".parse(), Ok(QemuAio::Threads));
     assert_eq!("io_uring".parse(), Ok(QemuAio::IoUring));
     assert!("native".parse::<QemuAio>().is_err());
-    let q = qemu_vmm(0, 1, QemuAio::IoUring).argv;
+    let q = qemu_vmm(0, 1, QemuAio::IoUring, QemuMachine::Q35).argv;
     assert!(arg_after(&q, "-drive").ends_with(",aio=io_uring"), "{q:?}");
+    assert_eq!(arg_after(&q, "-M"), "q35");
+    assert_eq!("q35".parse(), Ok(QemuMachine::Q35));
+    assert_eq!("microvm".parse(), Ok(QemuMachine::Microvm));
+    assert!("pc".parse::<QemuMachine>().is_err());
 }
 
 #[test]

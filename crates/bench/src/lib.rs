@@ -25,8 +25,8 @@ mod rig_script;
 mod stats;
 
 pub use block::{
-    run_block_bench, BlockBenchOptions, QemuAio, BLOCK_DEFAULT_RANDOM_OPS, BLOCK_DEFAULT_REPS,
-    BLOCK_DEFAULT_RUNS,
+    run_block_bench, BlockBenchOptions, QemuAio, QemuMachine, BLOCK_DEFAULT_RANDOM_OPS,
+    BLOCK_DEFAULT_REPS, BLOCK_DEFAULT_RUNS,
 };
 pub use guest_elf::{minimal_guest_elf, MARKER};
 pub use measure::{RunSample, VmmCommand};

@@ -75,12 +75,14 @@ fn qemu_argv() -> Vec<String> {
     qemu_argv_with("microvm", &guest_cmdline_extra())
 }
 
-/// QEMU's `machine` (a microvm variant: it boots through qboot and needs an
-/// i8042 for the guest's reset) booting the default guest inside L1 with the
-/// same kernel, initrd and full command line as [`vireo_argv_with`].
+/// QEMU's `machine` booting the default guest inside L1 with the same
+/// kernel, initrd and full command line as [`vireo_argv_with`]. A microvm
+/// variant boots through qboot and gets an i8042 (microvm has none unless
+/// asked, and the guest resets through it); any other machine keeps its
+/// own firmware, looked up in the `-L` directory.
 pub(crate) fn qemu_argv_with(machine: &str, cmdline_extra: &str) -> Vec<String> {
     let append = format!("{} {cmdline_extra}", vmm::config::DEFAULT_CMDLINE);
-    [
+    let mut argv: Vec<String> = [
         L1_QEMU,
         "-L",
         L1_QEMU_DATA,
@@ -99,20 +101,23 @@ pub(crate) fn qemu_argv_with(machine: &str, cmdline_extra: &str) -> Vec<String> 
         "-nographic",
         "-serial",
         "stdio",
-        "-device",
-        "i8042",
-        "-no-reboot",
-        "-bios",
-        &format!("{L1_QEMU_DATA}/qboot.rom"),
-        "-kernel",
-        L1_KERNEL,
-        "-initrd",
-        L1_INITRD,
-        "-append",
-        &append,
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    if machine.starts_with("microvm") {
+        argv.extend(["-device".into(), "i8042".into()]);
+    }
+    argv.push("-no-reboot".into());
+    if machine.starts_with("microvm") {
+        argv.extend(["-bios".into(), format!("{L1_QEMU_DATA}/qboot.rom")]);
+    }
+    argv.extend(
+        [
+            "-kernel", L1_KERNEL, "-initrd", L1_INITRD, "-append", &append,
+        ]
+        .map(String::from),
+    );
+    argv
 }
 
 /// The files L1 needs: both VMMs with their libraries, QEMU's firmware, and
@@ -220,6 +225,21 @@ fn log_tail(log: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_machines_get_their_firmware() {
+        let micro = qemu_argv_with("microvm,pcie=on", "quiet");
+        assert!(micro
+            .windows(2)
+            .any(|w| w[0] == "-device" && w[1] == "i8042"));
+        assert!(micro.iter().any(|a| a.ends_with("/qboot.rom")));
+        let q35 = qemu_argv_with("q35", "quiet");
+        assert!(!q35.iter().any(|a| a == "i8042" || a == "-bios"), "{q35:?}");
+        assert_eq!(
+            q35.last().map(String::as_str),
+            Some("console=ttyS0 reboot=k panic=1 quiet")
+        );
+    }
 
     #[test]
     fn both_vmms_get_the_same_guest_command_line() {
