@@ -78,6 +78,9 @@ pub enum BenchCommand {
         /// QEMU's I/O backend for the image: threads (its default) or io_uring
         #[arg(long, default_value = "threads")]
         qemu_aio: bench::QemuAio,
+        /// QEMU's machine: microvm (with PCIe, qboot) or q35 (SeaBIOS)
+        #[arg(long, default_value = "microvm")]
+        qemu_machine: bench::QemuMachine,
         /// Skip the warm-up boots
         #[arg(long)]
         no_warmup: bool,

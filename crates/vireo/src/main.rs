@@ -110,6 +110,7 @@ fn main() -> ExitCode {
             reps,
             random_ops,
             qemu_aio,
+            qemu_machine,
             no_warmup,
         }) => {
             let vireo = match std::env::current_exe() {
@@ -123,6 +124,7 @@ fn main() -> ExitCode {
                 reps,
                 warmup: !no_warmup,
                 qemu_aio,
+                qemu_machine,
             };
             match bench::run_block_bench(&opts) {
                 Ok(table) => {
