@@ -275,16 +275,16 @@ fn qemu_vmm(random_ops: usize, reps: usize, aio: QemuAio, machine: QemuMachine) 
 /// The default guest's initrd followed by an archive with the guest script
 /// (Linux unpacks concatenated archives in order).
 fn initrd_with_script(initrd: &std::path::Path) -> Result<Vec<u8>, BenchError> {
-    let temp_err = |source| BenchError::TempFile {
+    let initrd_err = |source| BenchError::Initrd {
         path: initrd.to_path_buf(),
         source,
     };
-    let mut bytes = std::fs::read(initrd).map_err(temp_err)?;
+    let mut bytes = std::fs::read(initrd).map_err(initrd_err)?;
     let mut w = guest::cpio::CpioWriter::new(Vec::new());
-    w.dir("/bench", 0o755).map_err(temp_err)?;
+    w.dir("/bench", 0o755).map_err(initrd_err)?;
     w.file(GUEST_SCRIPT_PATH, 0o755, guest_script().as_bytes())
-        .map_err(temp_err)?;
-    let (overlay, _) = w.finish().map_err(temp_err)?;
+        .map_err(initrd_err)?;
+    let (overlay, _) = w.finish().map_err(initrd_err)?;
     bytes.extend_from_slice(&overlay);
     Ok(bytes)
 }

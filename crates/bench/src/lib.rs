@@ -69,6 +69,11 @@ pub enum BenchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot build the block benchmark's guest initrd from {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start {vmm} (`{command}`): {source}")]
     Spawn {
         vmm: String,
