@@ -475,6 +475,10 @@ fn render_tables(
         &per_run(q, start),
     ) {
         let _ = writeln!(out, "\nbaseline: starting one busybox dd in the guest");
+        let _ = writeln!(
+            out,
+            "  no disk I/O: a ratio far from 1 means the host was busier during one VMM's boots"
+        );
         out.push_str(
             &Comparison {
                 a_name: "vireo".into(),
