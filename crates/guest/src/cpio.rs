@@ -38,6 +38,21 @@ impl<W: Write> CpioWriter<W> {
     }
 
     /// A directory; parents are not created implicitly.
+    /// The skeleton every busybox initramfs of ours starts with: the usual
+    /// top-level directories plus `extra_dirs`, /dev/console, the busybox
+    /// binary at /bin/busybox and /bin/sh pointing at it.
+    pub fn busybox_base(&mut self, extra_dirs: &[&str], busybox: &Path) -> io::Result<()> {
+        const DIRS: [&str; 8] = [
+            "/bin", "/dev", "/etc", "/proc", "/root", "/sys", "/tmp", "/lib",
+        ];
+        for d in DIRS.iter().chain(extra_dirs) {
+            self.dir(d, 0o755)?;
+        }
+        self.char_dev("/dev/console", 0o600, 5, 1)?;
+        self.file_from_host("/bin/busybox", busybox)?;
+        self.symlink("/bin/sh", "busybox")
+    }
+
     pub fn dir(&mut self, path: &str, perm: u32) -> io::Result<()> {
         self.header(path, S_IFDIR | (perm & 0o7777), 2, 0, (0, 0))?;
         Ok(())

@@ -285,22 +285,7 @@ fn write_initrd(
     let file = File::create(path).map_err(|e| GuestError::io(path, e))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
     let io = |e| GuestError::io(path, e);
-    for d in [
-        "/bin",
-        "/dev",
-        "/etc",
-        "/lib",
-        "/lib/modules",
-        "/proc",
-        "/root",
-        "/sys",
-        "/tmp",
-    ] {
-        w.dir(d, 0o755).map_err(io)?;
-    }
-    w.char_dev("/dev/console", 0o600, 5, 1).map_err(io)?;
-    w.file_from_host("/bin/busybox", busybox).map_err(io)?;
-    w.symlink("/bin/sh", "busybox").map_err(io)?;
+    w.busybox_base(&["/lib/modules"], busybox).map_err(io)?;
     w.file("/init", 0o755, init::init_script(order).as_bytes())
         .map_err(io)?;
     w.file("/etc/shrc", 0o644, init::SHRC.as_bytes())

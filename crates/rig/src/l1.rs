@@ -192,23 +192,8 @@ fn write_base(k: &L1Kernel, busybox: &Path, path: &Path) -> Result<(), RigError>
     let file = File::create(path).map_err(|e| RigError::io(path, e))?;
     let mut w = CpioWriter::new(BufWriter::new(file));
     let io = |e| RigError::io(path, e);
-    for d in [
-        "/bin",
-        "/dev",
-        "/etc",
-        "/proc",
-        "/root",
-        "/rig",
-        "/rig/bin",
-        "/rig/modules",
-        "/sys",
-        "/tmp",
-    ] {
-        w.dir(d, 0o755).map_err(io)?;
-    }
-    w.char_dev("/dev/console", 0o600, 5, 1).map_err(io)?;
-    w.file_from_host("/bin/busybox", busybox).map_err(io)?;
-    w.symlink("/bin/sh", "busybox").map_err(io)?;
+    w.busybox_base(&["/rig", "/rig/bin", "/rig/modules"], busybox)
+        .map_err(io)?;
     w.file("/init", 0o755, init.as_bytes()).map_err(io)?;
     for m in &order {
         let data = read_module(&k.modules_dir.join(&k.index.modules[m].rel_path))?;
