@@ -79,6 +79,47 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
+/// Run a benchmark against this very binary and print its table.
+fn bench(cmd: BenchCommand) -> ExitCode {
+    let vireo = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot find the vireo binary: {e}")),
+    };
+    let result = match cmd {
+        BenchCommand::Boot { runs, rig } => {
+            bench::run_boot_bench(&bench::BootBenchOptions { runs, vireo, rig })
+        }
+        BenchCommand::Block {
+            runs,
+            reps,
+            random_ops,
+            qemu_aio,
+            qemu_machine,
+            no_warmup,
+        } => bench::run_block_bench(&bench::BlockBenchOptions {
+            runs,
+            vireo,
+            random_ops,
+            reps,
+            warmup: !no_warmup,
+            qemu_aio,
+            qemu_machine,
+        }),
+    };
+    match result {
+        Ok(table) => {
+            println!("{table}");
+            ExitCode::SUCCESS
+        }
+        // Interrupted: 128 + signal, like `vireo run`.
+        Err(bench::BenchError::Rig(e)) => {
+            eprintln!("vireo: error: rig: {e}");
+            exit_code(e.exit_code())
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -91,54 +132,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(format!("default guest: {e}")),
         },
-        Command::Bench(BenchCommand::Boot { runs, rig }) => {
-            let vireo = match std::env::current_exe() {
-                Ok(p) => p,
-                Err(e) => return fail(format!("cannot find the vireo binary: {e}")),
-            };
-            let opts = bench::BootBenchOptions { runs, vireo, rig };
-            match bench::run_boot_bench(&opts) {
-                Ok(table) => {
-                    println!("{table}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Bench(BenchCommand::Block {
-            runs,
-            reps,
-            random_ops,
-            qemu_aio,
-            qemu_machine,
-            no_warmup,
-        }) => {
-            let vireo = match std::env::current_exe() {
-                Ok(p) => p,
-                Err(e) => return fail(format!("cannot find the vireo binary: {e}")),
-            };
-            let opts = bench::BlockBenchOptions {
-                runs,
-                vireo,
-                random_ops,
-                reps,
-                warmup: !no_warmup,
-                qemu_aio,
-                qemu_machine,
-            };
-            match bench::run_block_bench(&opts) {
-                Ok(table) => {
-                    println!("{table}");
-                    ExitCode::SUCCESS
-                }
-                // Interrupted: 128 + signal, like `vireo run`.
-                Err(bench::BenchError::Rig(e)) => {
-                    eprintln!("vireo: error: rig: {e}");
-                    exit_code(e.exit_code())
-                }
-                Err(e) => fail(e),
-            }
-        }
+        Command::Bench(cmd) => bench(cmd),
         Command::Host => match rig::probe_host_kvm() {
             HostKvm::Usable => {
                 println!("direct: /dev/kvm can run guests on this host");
