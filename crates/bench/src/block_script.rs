@@ -214,7 +214,6 @@ struct BlkLine {
 }
 
 const BLK_PREFIX: &str = "BENCH-BLK ";
-const FAIL_PREFIX: &str = "BENCH-FAIL ";
 
 fn parse_blk_line(line: &str) -> Option<BlkLine> {
     let rest = line.split_once(BLK_PREFIX)?.1;
@@ -261,39 +260,17 @@ pub fn parse_block_results(
     names: [&str; 2],
 ) -> Result<[Vec<RunSamples>; 2], BenchError> {
     let mut runs: [BTreeMap<(usize, usize), RunSamples>; 2] = [BTreeMap::new(), BTreeMap::new()];
-    let mut failures = Vec::new();
-    let mut done = false;
-    for line in output.lines() {
-        if line.contains("BENCH-DONE") {
-            done = true;
+    crate::rig_script::scan_results(output, BLK_PREFIX, |line| {
+        let parsed = parse_blk_line(line)
+            .ok_or_else(|| format!("unparsable result line: {}", line.trim()))?;
+        if let (Some(run), Some(i)) = (parsed.run, names.iter().position(|n| *n == parsed.vmm)) {
+            runs[i]
+                .entry((run, parsed.rep))
+                .or_default()
+                .insert(parsed.test, parsed.sample);
         }
-        if let Some(i) = line.find(FAIL_PREFIX) {
-            failures.push(line[i + FAIL_PREFIX.len()..].trim().to_string());
-            continue;
-        }
-        if !line.contains(BLK_PREFIX) {
-            continue;
-        }
-        let Some(parsed) = parse_blk_line(line) else {
-            failures.push(format!("unparsable result line: {}", line.trim()));
-            continue;
-        };
-        let (Some(run), Some(i)) = (parsed.run, names.iter().position(|n| *n == parsed.vmm)) else {
-            continue;
-        };
-        runs[i]
-            .entry((run, parsed.rep))
-            .or_default()
-            .insert(parsed.test, parsed.sample);
-    }
-    if !done {
-        failures.push("the L1 script did not finish".to_string());
-    }
-    if !failures.is_empty() {
-        return Err(BenchError::RigRun {
-            details: failures.join("; "),
-        });
-    }
+        Ok(())
+    })?;
     let [a, b] = runs;
     Ok([a.into_values().collect(), b.into_values().collect()])
 }

@@ -175,11 +175,15 @@ fn parse_run_line(line: &str) -> Option<RunLine> {
     })
 }
 
-/// Collects the measured (non-warm-up) samples per VMM name from the L1
-/// output, in the order `names`; any failed run (warm-up included) is an
-/// error carrying the script's diagnostics.
-pub fn parse_results(output: &str, names: [&str; 2]) -> Result<[Vec<RunSample>; 2], BenchError> {
-    let mut samples = [Vec::new(), Vec::new()];
+/// Walks the L1 script's output: every `BENCH-FAIL` line is a failure,
+/// every line holding `prefix` goes to `on_result` (which may report a
+/// failure itself), and a missing `BENCH-DONE` is a failure too. Any failure
+/// becomes one error carrying all the script's diagnostics.
+pub(crate) fn scan_results(
+    output: &str,
+    prefix: &str,
+    mut on_result: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), BenchError> {
     let mut failures = Vec::new();
     let mut done = false;
     for line in output.lines() {
@@ -188,31 +192,40 @@ pub fn parse_results(output: &str, names: [&str; 2]) -> Result<[Vec<RunSample>; 
         }
         if let Some(i) = line.find(FAIL_PREFIX) {
             failures.push(line[i + FAIL_PREFIX.len()..].trim().to_string());
-            continue;
+        } else if line.contains(prefix) {
+            if let Err(e) = on_result(line) {
+                failures.push(e);
+            }
         }
-        if !line.contains(RUN_PREFIX) {
-            continue;
-        }
-        let Some(run) = parse_run_line(line) else {
-            failures.push(format!("unparsable result line: {}", line.trim()));
-            continue;
-        };
+    }
+    if !done {
+        failures.push("the L1 script did not finish".to_string());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(BenchError::RigRun {
+            details: failures.join("; "),
+        })
+    }
+}
+
+/// Collects the measured (non-warm-up) samples per VMM name from the L1
+/// output, in the order `names`; any failed run (warm-up included) is an
+/// error carrying the script's diagnostics.
+pub fn parse_results(output: &str, names: [&str; 2]) -> Result<[Vec<RunSample>; 2], BenchError> {
+    let mut samples = [Vec::new(), Vec::new()];
+    scan_results(output, RUN_PREFIX, |line| {
+        let run = parse_run_line(line)
+            .ok_or_else(|| format!("unparsable result line: {}", line.trim()))?;
         if !run.ok {
-            failures.push(format!("{} failed: {}", run.name, line.trim()));
-            continue;
+            return Err(format!("{} failed: {}", run.name, line.trim()));
         }
         if let Some(i) = names.iter().position(|n| *n == run.name) {
             samples[i].push(run.sample);
         }
-    }
-    if !failures.is_empty() || !done {
-        if !done {
-            failures.push("the L1 script did not finish".to_string());
-        }
-        return Err(BenchError::RigRun {
-            details: failures.join("; "),
-        });
-    }
+        Ok(())
+    })?;
     Ok(samples)
 }
 
