@@ -337,18 +337,27 @@ mod tests {
         );
     }
 
+    /// QEMU and its qboot firmware, when they and /dev/kvm exist here;
+    /// otherwise None, with a note saying why the test is skipped.
+    fn qemu_on_kvm() -> Option<(PathBuf, PathBuf)> {
+        let (Ok(qemu), Ok(qboot)) = (find_qemu(), qboot_path()) else {
+            eprintln!("skipped: no qemu-system-x86_64 or qboot firmware on this host");
+            return None;
+        };
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: no /dev/kvm");
+            return None;
+        }
+        Some((qemu, qboot))
+    }
+
     /// Boots the guest image on a real VMM: QEMU microvm on /dev/kvm, when
     /// both exist here (skipped, with a note, otherwise).
     #[test]
     fn qemu_boots_minimal_guest() {
-        let (Ok(qemu), Ok(qboot)) = (find_qemu(), qboot_path()) else {
-            eprintln!("skipped: no qemu-system-x86_64 or qboot firmware on this host");
+        let Some((qemu, qboot)) = qemu_on_kvm() else {
             return;
         };
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("skipped: no /dev/kvm");
-            return;
-        }
         eprintln!("host KVM: {}", kvm_backend());
         let elf = TempFile::write("test-guest.elf", &minimal_guest_elf()).expect("temp file");
         let s = measure_run(&qemu_command(&qemu, &qboot, &elf.path), MARKER, TIMEOUTS)
@@ -360,14 +369,9 @@ mod tests {
     /// that takes `vireo run`'s arguments and execs QEMU on the kernel).
     #[test]
     fn run_native_end_to_end_with_a_stand_in() {
-        let (Ok(qemu), Ok(qboot)) = (find_qemu(), qboot_path()) else {
-            eprintln!("skipped: no qemu-system-x86_64 or qboot firmware on this host");
+        let Some((qemu, qboot)) = qemu_on_kvm() else {
             return;
         };
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("skipped: no /dev/kvm");
-            return;
-        }
         // `vireo run --kernel ELF ...`: the ELF is $3.
         let q = qemu_command(&qemu, &qboot, Path::new("KERNEL"));
         let line = q.display().replace("KERNEL", "\"$3\"");
