@@ -9,6 +9,12 @@
 //!   now. After every configuration write the bus recomputes the function's
 //!   decoded BARs, so a guest that moves a BAR (or toggles memory decoding)
 //!   keeps working; the function hears about it through `bar_moved`.
+//!
+//! Lock order: a function's lock, then the bus lock, never the other way.
+//! The bus lock is held only to look up a function or to update the BAR
+//! routes, never while a function is locked from it, so one slow function
+//! (a device busy in its config handler) delays accesses to itself only,
+//! not every other function's configuration cycles and BARs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -129,49 +135,32 @@ impl PciBus {
         Ok(())
     }
 
-    fn device(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedPciDevice> {
+    fn device(&self, bus: u8, dev: u8, func: u8) -> Option<SharedPciDevice> {
         if bus != 0 || func != 0 {
             return None;
         }
-        self.slots.get(usize::from(dev))?.as_ref()
+        self.slots.get(usize::from(dev))?.clone()
     }
 
-    /// Configuration read of `bus:dev.func` at `reg`; absent functions read
-    /// as all ones (which is how the guest finds the slot empty).
-    pub fn config_read(&self, bus: u8, dev: u8, func: u8, reg: usize, data: &mut [u8]) {
-        match self.device(bus, dev, func) {
-            Some(d) => lock(d).read_config(reg, data),
-            None => data.fill(0xff),
-        }
-    }
-
-    /// Configuration write; then re-route the function's BARs.
-    pub fn config_write(&mut self, bus: u8, dev: u8, func: u8, reg: usize, data: &[u8]) {
-        let Some(d) = self.device(bus, dev, func).cloned() else {
-            return;
-        };
-        let slot = usize::from(dev);
-        let mut d = lock(&d);
-        d.write_config(reg, data);
-        self.refresh_locked(slot, &mut *d);
-    }
-
+    /// Route a device just put in `slot`. The only place the bus lock is held
+    /// while a function is locked: the function is not reachable through
+    /// the bus before this, so no access path can hold it and wait for us.
     fn refresh(&mut self, slot: usize) {
         if let Some(d) = self.slots[slot].clone() {
             let mut d = lock(&d);
-            self.refresh_locked(slot, &mut *d);
+            let now = mappings_of(&*d);
+            let before = self.set_mappings(slot, now);
+            notify_moves(&mut *d, &before, &now);
         }
     }
 
-    /// Recompute what `slot`'s BARs decode, tell the device about changes,
-    /// and rebuild its routes. Overlapping BARs (a guest mistake, or a
+    /// Record what `slot`'s BARs decode now and rebuild the routes; returns
+    /// what they decoded before. Overlapping BARs (a guest mistake, or a
     /// transient state while it reprograms) are not routed.
-    fn refresh_locked(&mut self, slot: usize, dev: &mut dyn PciDevice) {
-        let config = dev.config();
-        let now: Mappings = std::array::from_fn(|bar| config.bar_mapping(bar));
+    fn set_mappings(&mut self, slot: usize, now: Mappings) -> Mappings {
         let before = self.mappings[slot];
         if now == before {
-            return;
+            return before;
         }
         self.mappings[slot] = now;
         // Rebuild all routes (a handful of BARs), so a BAR that lost an
@@ -186,12 +175,7 @@ impl PciBus {
                 }
             }
         }
-        for bar in 0..NUM_BARS {
-            let (from, to) = (before[bar].map(|m| m.0), now[bar].map(|m| m.0));
-            if from != to {
-                dev.bar_moved(bar, from, to);
-            }
-        }
+        before
     }
 
     fn overlaps(&self, addr: u64, size: u64) -> bool {
@@ -216,6 +200,45 @@ impl PciBus {
             .map(|(a, (s, slot, bar))| (*a, *s, *slot as u8, *bar))
             .collect()
     }
+}
+
+/// What a function's BARs decode now.
+fn mappings_of(dev: &dyn PciDevice) -> Mappings {
+    let config = dev.config();
+    std::array::from_fn(|bar| config.bar_mapping(bar))
+}
+
+/// Tell a function which of its BARs moved.
+fn notify_moves(dev: &mut dyn PciDevice, before: &Mappings, now: &Mappings) {
+    for bar in 0..NUM_BARS {
+        let (from, to) = (before[bar].map(|m| m.0), now[bar].map(|m| m.0));
+        if from != to {
+            dev.bar_moved(bar, from, to);
+        }
+    }
+}
+
+/// Configuration read of `bus:dev.func` at `reg`; absent functions read as
+/// all ones (which is how the guest finds the slot empty).
+pub fn config_read(bus: &SharedPciBus, b: u8, d: u8, f: u8, reg: usize, data: &mut [u8]) {
+    let dev = lock(bus).device(b, d, f);
+    match dev {
+        Some(dev) => lock(&dev).read_config(reg, data),
+        None => data.fill(0xff),
+    }
+}
+
+/// Configuration write; then re-route the function's BARs (the bus lock
+/// taken inside the function's, briefly) and tell it what moved.
+pub fn config_write(bus: &SharedPciBus, b: u8, d: u8, f: u8, reg: usize, data: &[u8]) {
+    let Some(dev) = lock(bus).device(b, d, f) else {
+        return;
+    };
+    let mut dev = lock(&dev);
+    dev.write_config(reg, data);
+    let now = mappings_of(&*dev);
+    let before = lock(bus).set_mappings(usize::from(d), now);
+    notify_moves(&mut *dev, &before, &now);
 }
 
 /// Read a guest-physical `addr` from whichever BAR decodes it; false if none.
@@ -285,7 +308,7 @@ impl BusDevice for PciConfigIo {
                 }
             }
             4..=7 => match self.target(offset as usize - 4, data.len()) {
-                Some((b, d, f, reg)) => lock(&self.bus).config_read(b, d, f, reg, data),
+                Some((b, d, f, reg)) => config_read(&self.bus, b, d, f, reg, data),
                 None => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -299,7 +322,7 @@ impl BusDevice for PciConfigIo {
             }
             4..=7 => {
                 if let Some((b, d, f, reg)) = self.target(offset as usize - 4, data.len()) {
-                    lock(&self.bus).config_write(b, d, f, reg, data);
+                    config_write(&self.bus, b, d, f, reg, data);
                 }
             }
             // Byte and word writes to the address register (the
@@ -338,14 +361,14 @@ impl PciConfigMmio {
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match Self::target(offset, data.len()) {
-            Some((b, d, f, reg)) => lock(&self.bus).config_read(b, d, f, reg, data),
+            Some((b, d, f, reg)) => config_read(&self.bus, b, d, f, reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some((b, d, f, reg)) = Self::target(offset, data.len()) {
-            lock(&self.bus).config_write(b, d, f, reg, data);
+            config_write(&self.bus, b, d, f, reg, data);
         }
     }
 }

@@ -12,8 +12,13 @@
 //!    `Interrupt` to signal used buffers. The device starts its own worker
 //!    (thread or I/O engine) and returns.
 //! 3. On a device reset (status 0) the transport calls `reset`: the device
-//!    stops its worker and returns to its pre-activation state; the driver may
-//!    then negotiate and activate again.
+//!    starts stopping its worker and returns to its pre-activation state,
+//!    without waiting. The transport then polls `reset_done` and keeps
+//!    reading back a non-zero device_status until it is true (virtio 1.2,
+//!    4.1.4.3.2: the driver waits for 0), so a worker busy with slow I/O
+//!    never holds up the vCPU that wrote the reset. Once done, the device
+//!    no longer touches guest memory and the driver may negotiate and
+//!    activate again.
 //!
 //! Nothing the guest controls is trusted: descriptor addresses, lengths,
 //! chain lengths and config offsets are checked, and a bad request fails that
@@ -91,6 +96,12 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), ActivateError>;
-    /// Stop serving and return to the pre-activation state.
+    /// Start stopping and return to the pre-activation state; must not
+    /// block on the device's I/O.
     fn reset(&mut self);
+    /// Whether the last `reset` has finished: nothing of the device still
+    /// reads or writes guest memory. Polled by the transport; must not block.
+    fn reset_done(&mut self) -> bool {
+        true
+    }
 }

@@ -1,6 +1,7 @@
 //! `Block`: the virtio-blk device model the transport drives. It owns the
 //! disk, the feature bits and the config space; `activate` starts the device
-//! thread (`worker.rs`) and `reset` stops and joins it.
+//! thread (`worker.rs`), `reset` tells it to stop without waiting, and
+//! `reset_done` reports (and joins) the thread once it has.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,17 +9,17 @@ use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::Disk;
-use super::engine::{Engine, EngineKind};
+use super::engine::{Engine, EngineKind, StopFlag};
 use super::metrics::BlockMetrics;
 use super::persist::BlockState;
-use super::request::{MAX_DESCRIPTORS, MAX_ZERO_SECTORS};
+use super::request::{MAX_DESCRIPTORS, MAX_ZERO_SECTORS, SEG_MAX, SIZE_MAX};
 use super::worker::{Worker, WorkerQueue};
 use super::{Error, SECTOR_SIZE};
 use crate::virtio::{
@@ -37,6 +38,7 @@ pub const CONFIG_LEN: usize = 60;
 /// Byte offsets in `struct virtio_blk_config` (virtio 1.2, 5.2.4).
 mod offset {
     pub const CAPACITY: usize = 0;
+    pub const SIZE_MAX: usize = 8;
     pub const SEG_MAX: usize = 12;
     pub const BLK_SIZE: usize = 20;
     pub const NUM_QUEUES: usize = 34;
@@ -49,8 +51,18 @@ mod offset {
 }
 
 struct Running {
-    stop: EventFd,
+    /// Wakes the worker's epoll wait.
+    wake: EventFd,
+    /// Seen by the worker and its engine between steps of long work.
+    stop: StopFlag,
     thread: JoinHandle<()>,
+}
+
+impl Running {
+    fn signal(&self) {
+        self.stop.set();
+        let _ = self.wake.write(1);
+    }
 }
 
 /// A virtio-blk device.
@@ -65,6 +77,8 @@ pub struct Block {
     engine_pref: EngineKind,
     engine_used: Option<EngineKind>,
     running: Option<Running>,
+    /// A worker told to stop (by `reset`) that may not have finished yet.
+    stopping: Option<Running>,
 }
 
 impl Block {
@@ -89,6 +103,7 @@ impl Block {
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_MQ
             | 1 << VIRTIO_BLK_F_DISCARD
@@ -108,6 +123,7 @@ impl Block {
             engine_pref: EngineKind::default(),
             engine_used: None,
             running: None,
+            stopping: None,
         })
     }
 
@@ -184,7 +200,8 @@ fn build_config(disk: &Disk, num_queues: u16) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
     put(offset::CAPACITY, &disk.capacity_sectors().to_le_bytes());
-    put(offset::SEG_MAX, &(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+    put(offset::SIZE_MAX, &SIZE_MAX.to_le_bytes());
+    put(offset::SEG_MAX, &SEG_MAX.to_le_bytes());
     put(offset::BLK_SIZE, &(SECTOR_SIZE as u32).to_le_bytes());
     put(offset::NUM_QUEUES, &num_queues.to_le_bytes());
     let align = disk.host_block_size() / SECTOR_SIZE as u32;
@@ -243,6 +260,7 @@ impl VirtioDevice for Block {
             });
         }
         self.stop_worker();
+        self.join_stopping();
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut served = Vec::with_capacity(queues.len());
         for (i, mut aq) in queues.into_iter().enumerate() {
@@ -271,8 +289,9 @@ impl VirtioDevice for Block {
         let depth: u32 = served.iter().map(|q| u32::from(q.queue.size())).sum();
         let engine = Engine::new(self.disk.clone(), self.engine_pref, depth);
         self.engine_used = Some(engine.kind());
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let worker_stop = stop.try_clone().map_err(ActivateError::Worker)?;
+        let stop = engine.stop_flag().clone();
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let worker_wake = wake.try_clone().map_err(ActivateError::Worker)?;
         let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         let disk = self.disk.clone();
         let metrics = self.metrics.clone();
@@ -285,12 +304,12 @@ impl VirtioDevice for Block {
                 // stay on this thread.
                 let worker =
                     Worker::new(mem, disk, served, interrupt, engine, metrics, write_through);
-                if let Err(e) = worker.run(&worker_stop) {
+                if let Err(e) = worker.run(&worker_wake) {
                     eprintln!("vireo: virtio-blk {path}: device thread stopped: {e}");
                 }
             })
             .map_err(ActivateError::Worker)?;
-        self.running = Some(Running { stop, thread });
+        self.running = Some(Running { wake, stop, thread });
         Ok(())
     }
 
@@ -298,23 +317,45 @@ impl VirtioDevice for Block {
         self.stop_worker();
         self.acked_features = 0;
     }
+
+    fn reset_done(&mut self) -> bool {
+        match &self.stopping {
+            Some(r) if !r.thread.is_finished() => false,
+            _ => {
+                self.join_stopping();
+                true
+            }
+        }
+    }
 }
 
 impl Block {
-    /// Stop the device thread (it finishes the I/O in flight, without
-    /// touching the rings) and wait for it.
+    /// Tell the device thread to stop: it leaves the rings alone from now
+    /// on, cancels the I/O not yet started and exits once the I/O already
+    /// running is done (see `worker.rs`). Does not wait.
     fn stop_worker(&mut self) {
         if let Some(running) = self.running.take() {
-            let _ = running.stop.write(1);
-            let _ = running.thread.join();
+            running.signal();
+            // At most one worker stops at a time: activation joins the
+            // previous one first.
+            self.join_stopping();
+            self.stopping = Some(running);
         }
         self.engine_used = None;
+    }
+
+    /// Wait for a stopping device thread to end.
+    fn join_stopping(&mut self) {
+        if let Some(r) = self.stopping.take() {
+            let _ = r.thread.join();
+        }
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
         self.stop_worker();
+        self.join_stopping();
     }
 }
 
@@ -333,6 +374,7 @@ mod tests {
     fn config_space_matches_the_virtio_layout() {
         use std::mem::offset_of;
         assert_eq!(offset::CAPACITY, offset_of!(virtio_blk_config, capacity));
+        assert_eq!(offset::SIZE_MAX, offset_of!(virtio_blk_config, size_max));
         assert_eq!(offset::SEG_MAX, offset_of!(virtio_blk_config, seg_max));
         assert_eq!(offset::BLK_SIZE, offset_of!(virtio_blk_config, blk_size));
         assert_eq!(
@@ -388,6 +430,7 @@ mod tests {
         for bit in [
             VIRTIO_BLK_F_FLUSH,
             VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_BLK_SIZE,
             VIRTIO_BLK_F_MQ,
             VIRTIO_BLK_F_DISCARD,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
+use super::engine::StopFlag;
 use super::{Error, SECTOR_SHIFT, SECTOR_SIZE};
 
 /// Length of the GET_ID answer.
@@ -144,7 +145,9 @@ impl Disk {
     }
 
     /// Read or write the whole of `iovecs` at `offset`, looping over short
-    /// transfers. `iovecs` is consumed (advanced) as data moves.
+    /// transfers. `iovecs` is consumed (advanced) as data moves. Gives up
+    /// with ECANCELED between system calls once `stop` is set (the device is
+    /// being reset, so nobody waits for the result).
     ///
     /// # Safety
     /// Every iovec must describe memory that stays valid for the whole call:
@@ -154,10 +157,14 @@ impl Disk {
         write: bool,
         iovecs: &mut [libc::iovec],
         mut offset: u64,
+        stop: &StopFlag,
     ) -> io::Result<u64> {
         let mut total = 0u64;
         let mut start = 0usize;
         while start < iovecs.len() {
+            if total > 0 {
+                stop.check()?;
+            }
             if iovecs[start].iov_len == 0 {
                 start += 1;
                 continue;
@@ -209,31 +216,40 @@ impl Disk {
     }
 
     /// WRITE_ZEROES: punch a hole when the guest allows unmapping, else zero
-    /// the range in place, else write zeros.
-    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    /// the range in place, else write zeros (checking `stop` between chunks).
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        stop: &StopFlag,
+    ) -> io::Result<()> {
         if unmap {
             match self.fallocate(FALLOC_PUNCH_HOLE, offset, len) {
                 Err(e) if is_unsupported(&e) => {}
                 other => return other,
             }
         }
-        self.zero_range_or_write(offset, len)
+        self.zero_range_or_write(offset, len, stop)
     }
 
     /// The WRITE_ZEROES steps after hole punching.
-    pub fn zero_range_or_write(&self, offset: u64, len: u64) -> io::Result<()> {
+    pub fn zero_range_or_write(&self, offset: u64, len: u64, stop: &StopFlag) -> io::Result<()> {
         match self.fallocate(FALLOC_ZERO_RANGE, offset, len) {
-            Err(e) if is_unsupported(&e) => self.write_zero_bytes(offset, len),
+            Err(e) if is_unsupported(&e) => self.write_zero_bytes(offset, len, stop),
             other => other,
         }
     }
 
-    fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
+    /// Write zeros in chunks; a range can be up to 2 GiB, so a device reset
+    /// (`stop`) is honoured between chunks.
+    fn write_zero_bytes(&self, mut offset: u64, len: u64, stop: &StopFlag) -> io::Result<()> {
         static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
         let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         while offset < end {
+            stop.check()?;
             let n = ((end - offset) as usize).min(ZERO_CHUNK);
             let mut iov = [libc::iovec {
                 iov_base: ZEROES.as_ptr() as *mut libc::c_void,
@@ -241,7 +257,7 @@ impl Disk {
             }];
             // SAFETY: the iovec covers `n` bytes of a static buffer, which
             // pwritev only reads.
-            unsafe { self.rw_vectored(true, &mut iov, offset)? };
+            unsafe { self.rw_vectored(true, &mut iov, offset, stop)? };
             offset += n as u64;
         }
         Ok(())

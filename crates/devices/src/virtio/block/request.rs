@@ -31,6 +31,17 @@ use crate::virtio::GuestMemory;
 
 /// Longest chain accepted (the queue size; seg_max is this minus 2).
 pub const MAX_DESCRIPTORS: usize = 256;
+/// Most data segments per request, advertised as `seg_max` (the chain also
+/// holds the header and the status).
+pub const SEG_MAX: u32 = MAX_DESCRIPTORS as u32 - 2;
+/// Largest data segment the driver should build, advertised as `size_max`.
+pub const SIZE_MAX: u32 = 64 << 10;
+/// Largest read or write accepted: `seg_max` segments of `size_max` bytes
+/// (15.9 MiB, far above Linux's default 1280 KiB requests). Without a cap,
+/// descriptors that all name the same few pages (or one indirect table
+/// shared by many requests) would make each avail-ring slot cost up to
+/// 4 GiB of host I/O.
+pub const MAX_REQUEST_BYTES: u32 = SEG_MAX * SIZE_MAX;
 /// Size of the request header (type, reserved/ioprio, sector).
 pub const HEADER_LEN: u64 = 16;
 /// Size of one discard / write-zeroes range.
@@ -105,6 +116,8 @@ pub enum RequestError {
         readable: u64,
         writable: u64,
     },
+    #[error("data length {0} is over the {MAX_REQUEST_BYTES}-byte request limit")]
+    TooLarge(u64),
     #[error("data length {0} is not a multiple of 512")]
     Unaligned(u64),
     #[error("sector {sector} + {len} bytes reaches past the end of the disk")]
@@ -382,8 +395,11 @@ where
     })
 }
 
+/// A read or write length the device serves: whole sectors, within the cap.
 fn aligned(len: u64) -> Result<(), RequestError> {
-    if len.is_multiple_of(SECTOR_SIZE) {
+    if len > u64::from(MAX_REQUEST_BYTES) {
+        Err(RequestError::TooLarge(len))
+    } else if len.is_multiple_of(SECTOR_SIZE) {
         Ok(())
     } else {
         Err(RequestError::Unaligned(len))

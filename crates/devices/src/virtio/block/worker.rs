@@ -8,10 +8,25 @@
 //! gained used entries is signalled once (or not at all when EVENT_IDX says
 //! the driver does not want it yet).
 //!
-//! The number of slots bounds the requests in flight: when they run out a
-//! queue stops popping and resumes as completions free slots. A queue is
-//! served at most one queue-size worth of chains per turn so a stop request
-//! is never starved by a guest that keeps submitting.
+//! The number of slots bounds the requests in flight, and
+//! `MAX_BYTES_IN_FLIGHT` the data they move: when either runs out a queue
+//! stops popping and resumes as completions free room. A queue is served at
+//! most one queue-size worth of chains per turn so a stop request is never
+//! starved by a guest that keeps submitting.
+//!
+//! Stopping (device reset): the device sets the engine's `StopFlag` and
+//! writes the stop eventfd. The worker looks at the flag between chains and
+//! between completions, so it stops within one request's work; then it
+//! cancels what the engine has not started and waits only for the I/O
+//! already running (bounded by `MAX_BYTES_IN_FLIGHT`). It never touches the
+//! rings after the flag is set.
+//!
+//! Durability: without FLUSH negotiated the device is write-through: every
+//! request that changes the image (write, discard, write-zeroes) is followed
+//! by fdatasync before it completes. A failed fdatasync stays failed: from
+//! then on FLUSH (and write-through writes) report IOERR until the device is
+//! reset, because the kernel reports a writeback error only once and data
+//! the guest believed flushed may be lost.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -23,7 +38,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::{self, Disk};
-use super::engine::{Completion, Engine, Op};
+use super::engine::{Completion, Engine, Op, StopFlag};
 use super::metrics::BlockMetrics;
 use super::request::{self, ChainBuf, DiskInfo, RequestError, RequestKind};
 use crate::virtio::{GuestMemory, Interrupt};
@@ -32,6 +47,12 @@ use crate::virtio::{GuestMemory, Interrupt};
 /// queue is this big and its completion queue twice that, so it never
 /// overflows).
 pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Most bytes of reads and writes in flight per device: what a stop may have
+/// to wait for. 64 MiB keeps any realistic queue depth of large requests
+/// busy (64 requests of 1 MiB) while a reset waits for milliseconds, not
+/// for gigabytes of I/O a guest queued with a few KiB of descriptors.
+pub const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
 const TOKEN_STOP: u64 = u64::MAX;
 const TOKEN_ENGINE: u64 = u64::MAX - 1;
@@ -82,8 +103,13 @@ pub struct Worker {
     completions: Vec<Completion>,
     metrics: Arc<BlockMetrics>,
     /// FLUSH was not negotiated: the device must be write-through, so every
-    /// write is followed by fdatasync.
+    /// request that changes the image is followed by fdatasync.
     write_through: bool,
+    /// An fdatasync failed: later flushes fail too (see the module comment).
+    flush_failed: bool,
+    /// Data bytes of the reads and writes in flight.
+    bytes_in_flight: u64,
+    stop: StopFlag,
 }
 
 impl Worker {
@@ -102,6 +128,7 @@ impl Worker {
             capacity_sectors: disk.capacity_sectors(),
             readonly: disk.readonly(),
         };
+        let stop = engine.stop_flag().clone();
         Worker {
             mem,
             disk,
@@ -124,6 +151,9 @@ impl Worker {
             completions: Vec::with_capacity(depth),
             metrics,
             write_through,
+            flush_failed: false,
+            bytes_in_flight: 0,
+            stop,
         }
     }
 
@@ -153,7 +183,8 @@ impl Worker {
     }
 
     /// The device thread's loop; returns when `stop` is signalled (after
-    /// waiting for the I/O still in flight) or on a fatal epoll error.
+    /// cancelling what has not started and waiting for the I/O already
+    /// running) or on a fatal epoll error.
     pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
         let epoll = Epoll::new()?;
         let add = |fd, token, events| {
@@ -198,6 +229,9 @@ impl Worker {
                 }
             }
             self.pump();
+            if self.stop.is_set() {
+                return Ok(());
+            }
             self.signal();
             timeout = if self.queues.iter().any(|q| q.more) {
                 0
@@ -218,8 +252,17 @@ impl Worker {
             let _ = self.queues[qi].queue.disable_notification(&self.mem);
             let mut popped = false;
             loop {
+                if self.stop.is_set() {
+                    return;
+                }
                 if budget == 0 {
                     self.queues[qi].more = true;
+                    return;
+                }
+                if self.bytes_in_flight
+                    >= MAX_BYTES_IN_FLIGHT - u64::from(request::MAX_REQUEST_BYTES)
+                {
+                    self.queues[qi].blocked = true;
                     return;
                 }
                 let Some(slot_id) = self.free.pop() else {
@@ -296,7 +339,9 @@ impl Worker {
         // memory that `self.mem` keeps mapped, and the engine is drained
         // before the worker (and so `self.mem`) goes away.
         let pushed = unsafe { self.engine.push(slot_id, op, &mut slot.buf.iovecs) };
-        if pushed.is_err() {
+        if pushed.is_ok() {
+            self.bytes_in_flight += u64::from(slot.data_len);
+        } else {
             BlockMetrics::add(&self.metrics.io_errors, 1);
             self.free.push(slot_id);
             self.complete(qi, head, Some(status), STATUS_IOERR, 0);
@@ -311,7 +356,7 @@ impl Worker {
             // leaves the entries queued; reaping below makes room.
             let _ = self.engine.submit();
             self.engine.reap(&mut self.completions);
-            if self.completions.is_empty() {
+            if self.completions.is_empty() || self.stop.is_set() {
                 return;
             }
             self.handle_completions();
@@ -326,6 +371,10 @@ impl Worker {
     fn handle_completions(&mut self) {
         let mut batch = std::mem::take(&mut self.completions);
         for c in batch.drain(..) {
+            // Stopping: the rings are no longer ours to write.
+            if self.stop.is_set() {
+                continue;
+            }
             self.on_completion(c);
         }
         self.completions = batch;
@@ -341,9 +390,11 @@ impl Worker {
         let res = c.result;
         let data_len = slot.data_len;
         let disk = &self.disk;
+        let stop = &self.stop;
         let m = &self.metrics;
         let outcome: io::Result<u32> = match kind {
             RequestKind::Read { offset } | RequestKind::Write { offset } => {
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(data_len));
                 let write = matches!(kind, RequestKind::Write { .. });
                 let done = if res < 0 {
                     Err(io::Error::from_raw_os_error(-res))
@@ -359,12 +410,7 @@ impl Worker {
                     // SAFETY: the slot's iovecs point into guest memory that
                     // `self.mem` keeps mapped; the kernel is done with them
                     // (this is their completion).
-                    unsafe { disk.rw_vectored(write, rest, offset + res as u64) }.map(|_| ())
-                };
-                let done = if write && self.write_through {
-                    done.and_then(|_| disk.flush())
-                } else {
-                    done
+                    unsafe { disk.rw_vectored(write, rest, offset + res as u64, stop) }.map(|_| ())
                 };
                 done.map(|_| {
                     let (count, bytes) = if write {
@@ -396,7 +442,7 @@ impl Worker {
                 BlockMetrics::add(&m.write_zeroes, 1);
                 match errno(res) {
                     Err(e) if disk::is_unsupported(&e) => {
-                        disk.zero_range_or_write(offset, len).map(|_| 0)
+                        disk.zero_range_or_write(offset, len, stop).map(|_| 0)
                     }
                     other => other.map(|_| 0),
                 }
@@ -404,6 +450,7 @@ impl Worker {
             RequestKind::GetId => Ok(0),
         };
         let (qi, head, status) = (slot.queue, slot.head, slot.status);
+        let outcome = self.make_durable(kind, outcome);
         self.free.push(c.token);
         match outcome {
             Ok(written) => self.complete(qi, head, Some(status), STATUS_OK, written),
@@ -412,6 +459,32 @@ impl Worker {
                 self.complete(qi, head, Some(status), STATUS_IOERR, 0);
             }
         }
+    }
+
+    /// The durability rules (module comment): a FLUSH that failed, or any
+    /// flush after an fdatasync failed, is an error; in write-through mode a
+    /// request that changed the image is synced before it completes.
+    fn make_durable(&mut self, kind: RequestKind, outcome: io::Result<u32>) -> io::Result<u32> {
+        let changes_image = matches!(
+            kind,
+            RequestKind::Write { .. }
+                | RequestKind::Discard { .. }
+                | RequestKind::WriteZeroes { .. }
+        );
+        match kind {
+            RequestKind::Flush if outcome.is_err() => self.flush_failed = true,
+            RequestKind::Flush => {}
+            _ if changes_image && self.write_through && outcome.is_ok() => {
+                if self.disk.flush().is_err() {
+                    self.flush_failed = true;
+                }
+            }
+            _ => return outcome,
+        }
+        if self.flush_failed {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        outcome
     }
 
     /// Write the status byte (if there is one) and put the chain on the
@@ -463,8 +536,16 @@ impl Worker {
 
 impl Drop for Worker {
     /// Never let the kernel write into guest memory after the worker is
-    /// gone: wait for everything in flight.
+    /// gone: wait for everything in flight. When stopping, first cancel what
+    /// has not started, so only the I/O already running is waited for.
     fn drop(&mut self) {
+        if self.stop.is_set() {
+            let busy = self.slots.iter().enumerate();
+            let tokens = busy
+                .filter(|(_, s)| s.kind.is_some())
+                .map(|(i, _)| i as u32);
+            self.engine.cancel(tokens);
+        }
         let mut done = Vec::new();
         self.engine.drain(&mut done);
     }

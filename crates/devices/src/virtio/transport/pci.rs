@@ -169,6 +169,8 @@ pub struct VirtioPciDevice {
     ioevents_at: Option<u64>,
     /// Queues registered as ioeventfds (transport indexes).
     ioevent_queues: Vec<u16>,
+    /// A reset was written and the device has not finished it yet.
+    resetting: bool,
 }
 
 fn pci_class(device_type: u32) -> (u8, u8, u8) {
@@ -302,6 +304,7 @@ impl VirtioPciDevice {
             bar_addr: None,
             ioevents_at: None,
             ioevent_queues: Vec::new(),
+            resetting: false,
         })
     }
 
@@ -340,7 +343,8 @@ impl VirtioPciDevice {
         Some(self.bar_addr? + NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER))
     }
 
-    fn read_common(&self, offset: u64, data: &mut [u8]) {
+    fn read_common(&mut self, offset: u64, data: &mut [u8]) {
+        self.poll_reset();
         let mut view = self.state.clone();
         {
             let s = lock(&self.interrupt);
@@ -355,6 +359,10 @@ impl VirtioPciDevice {
     }
 
     fn write_common(&mut self, offset: u64, data: &[u8]) {
+        // Until a reset is done the driver must only poll device_status.
+        if self.poll_reset() {
+            return;
+        }
         let Some(w) = decode_write(offset, data) else {
             return;
         };
@@ -436,7 +444,7 @@ impl VirtioPciDevice {
 
     fn write_status(&mut self, v: u8) {
         if v == 0 {
-            self.reset();
+            self.begin_reset();
             return;
         }
         let old = self.state.device_status;
@@ -538,13 +546,36 @@ impl VirtioPciDevice {
         }
     }
 
-    /// Device reset: stop the device, drop the doorbells, and return every
-    /// register to its initial value. MSI-X (PCI function state) stays.
-    fn reset(&mut self) {
+    /// Device reset: tell the device to stop, drop the doorbells and the
+    /// interrupt vectors (so a worker still finishing signals nothing), and
+    /// finish at once if the device is already done.
+    fn begin_reset(&mut self) {
         if self.state.device_status != 0 || self.state.activated {
             self.device.reset();
         }
         self.unregister_ioevents();
+        {
+            let mut s = lock(&self.interrupt);
+            s.config_vector = MSIX_NO_VECTOR;
+            s.queue_vectors.fill(MSIX_NO_VECTOR);
+        }
+        self.resetting = true;
+        self.poll_reset();
+    }
+
+    /// If a reset is pending and the device has finished it, complete it.
+    /// Returns whether a reset is still pending.
+    fn poll_reset(&mut self) -> bool {
+        if self.resetting && self.device.reset_done() {
+            self.finish_reset();
+        }
+        self.resetting
+    }
+
+    /// Return every register to its initial value. MSI-X (PCI function
+    /// state) stays.
+    fn finish_reset(&mut self) {
+        self.resetting = false;
         for k in &self.kicks {
             let _ = k.read();
         }

@@ -14,6 +14,13 @@
 //! Results follow the kernel convention: bytes transferred, or a negative
 //! errno. Short transfers and unsupported fallocate modes are finished by the
 //! worker (see `worker.rs`).
+//!
+//! Every engine owns a `StopFlag`, shared with the worker and the device.
+//! A device reset sets it; then `cancel` drops what has not started (pool
+//! jobs still queued, io_uring requests the kernel can still cancel) and
+//! long synchronous operations (the remainder of a short transfer, zeros
+//! written by hand) give up between system calls, so a stop waits for at
+//! most the I/O that is already running.
 
 mod pool;
 mod sync;
@@ -21,6 +28,7 @@ mod uring;
 
 use std::io;
 use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +70,34 @@ pub struct Completion {
     pub result: i32,
 }
 
+/// Set once when a device stops; everything serving that device looks at it
+/// between steps of long work.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Err(ECANCELED) once set: for `?` between the steps of long work.
+    pub fn check(&self) -> io::Result<()> {
+        if self.is_set() {
+            Err(io::Error::from_raw_os_error(libc::ECANCELED))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The engine a worker uses.
 #[derive(Debug)]
 pub enum Engine {
@@ -77,18 +113,42 @@ impl Engine {
     /// threads cannot be started. `depth` is the most operations in flight
     /// at once (the pool never runs more threads than that).
     pub fn new(disk: Arc<Disk>, prefer: EngineKind, depth: u32) -> Engine {
+        let stop = StopFlag::new();
         if prefer == EngineKind::IoUring {
-            if let Ok(engine) = UringEngine::new(disk.clone(), depth) {
+            if let Ok(engine) = UringEngine::new(disk.clone(), depth, stop.clone()) {
                 return Engine::Uring(Box::new(engine));
             }
         }
         if prefer != EngineKind::Sync {
             let threads = POOL_THREADS.min(depth.max(1) as usize);
-            if let Ok(engine) = PoolEngine::new(disk.clone(), threads) {
+            if let Ok(engine) = PoolEngine::new(disk.clone(), threads, stop.clone()) {
                 return Engine::Pool(engine);
             }
         }
-        Engine::Sync(SyncEngine::new(disk))
+        Engine::Sync(SyncEngine::new(disk, stop))
+    }
+
+    /// The flag that stops this engine's work (see the module comment).
+    pub fn stop_flag(&self) -> &StopFlag {
+        match self {
+            Engine::Sync(e) => e.stop_flag(),
+            Engine::Pool(e) => e.stop_flag(),
+            Engine::Uring(e) => e.stop_flag(),
+        }
+    }
+
+    /// After the stop flag is set: drop the work that has not started.
+    /// `tokens` are the operations in flight; each still completes (with
+    /// -ECANCELED if it never ran), so `drain` then returns as soon as the
+    /// operations already running are done.
+    pub fn cancel(&mut self, tokens: impl Iterator<Item = u32>) {
+        match self {
+            // Its operations completed inside `push`.
+            Engine::Sync(_) => {}
+            // Queued jobs are skipped by the threads once the flag is set.
+            Engine::Pool(e) => e.submit(),
+            Engine::Uring(e) => e.cancel(tokens),
+        }
     }
 
     pub fn kind(&self) -> EngineKind {

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::sync::execute;
-use super::{Completion, Op};
+use super::{Completion, Op, StopFlag};
 use crate::virtio::block::disk::Disk;
 
 /// Threads per device. Enough to overlap a flush with reads and writes and
@@ -75,6 +75,8 @@ struct Done {
 
 struct Shared {
     disk: Arc<Disk>,
+    /// Once set, queued jobs complete with -ECANCELED without running.
+    stop: StopFlag,
     jobs: Mutex<Jobs>,
     job_ready: Condvar,
     done: Mutex<Done>,
@@ -109,9 +111,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PoolEngine {
     /// Start `threads` I/O threads (at least one); fails if the eventfd or a
     /// thread cannot be created.
-    pub fn new(disk: Arc<Disk>, threads: usize) -> io::Result<Self> {
+    pub fn new(disk: Arc<Disk>, threads: usize, stop: StopFlag) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             disk,
+            stop,
             jobs: Mutex::new(Jobs::default()),
             job_ready: Condvar::new(),
             done: Mutex::new(Done::default()),
@@ -138,6 +141,10 @@ impl PoolEngine {
 
     pub fn event_fd(&self) -> RawFd {
         self.shared.event.as_raw_fd()
+    }
+
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.shared.stop
     }
 
     /// # Safety
@@ -240,6 +247,10 @@ fn serve(shared: &Shared) {
                 jobs.idle -= 1;
             }
         };
+        if shared.stop.is_set() {
+            publish(shared, job.token, -libc::ECANCELED);
+            continue;
+        }
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
             let iovecs: &mut [libc::iovec] = if job.iov_len == 0 {
                 &mut []
@@ -251,26 +262,28 @@ fn serve(shared: &Shared) {
             };
             // SAFETY: the iovecs point to guest memory that stays mapped
             // until the completion is reaped (the `Engine::push` contract).
-            unsafe { execute(&shared.disk, job.op, iovecs) }
+            unsafe { execute(&shared.disk, job.op, iovecs, &shared.stop) }
         }))
         .unwrap_or(-libc::EIO);
-        let (first, waiting) = {
-            let mut done = lock(&shared.done);
-            let first = done.list.is_empty();
-            done.list.push(Completion {
-                token: job.token,
-                result,
-            });
-            (first, done.waiting)
-        };
-        if waiting {
-            shared.done_ready.notify_one();
-        }
-        // Later completions join a list the device thread has yet to reap,
-        // so it is already due a wakeup from this first one.
-        if first {
-            let _ = shared.event.write(1);
-        }
+        publish(shared, job.token, result);
+    }
+}
+
+/// Hand a finished job to the device thread.
+fn publish(shared: &Shared, token: u32, result: i32) {
+    let (first, waiting) = {
+        let mut done = lock(&shared.done);
+        let first = done.list.is_empty();
+        done.list.push(Completion { token, result });
+        (first, done.waiting)
+    };
+    if waiting {
+        shared.done_ready.notify_one();
+    }
+    // Later completions join a list the device thread has yet to reap,
+    // so it is already due a wakeup from this first one.
+    if first {
+        let _ = shared.event.write(1);
     }
 }
 
@@ -296,7 +309,7 @@ mod tests {
     fn completes_every_job_once_and_signals_the_eventfd() {
         let img = TempImage::patterned(IMG);
         let disk = img.disk(false);
-        let mut pool = PoolEngine::new(disk.clone(), POOL_THREADS).unwrap();
+        let mut pool = PoolEngine::new(disk.clone(), POOL_THREADS, StopFlag::new()).unwrap();
         let mut bufs: Vec<Vec<u8>> = (0..200).map(|_| vec![0u8; 4096]).collect();
         let mut iovs: Vec<Vec<libc::iovec>> = bufs.iter_mut().map(|b| iovec(b)).collect();
         for (i, iov) in iovs.iter_mut().enumerate() {
@@ -341,7 +354,7 @@ mod tests {
     #[test]
     fn reports_errors() {
         let img = TempImage::patterned(IMG);
-        let mut pool = PoolEngine::new(img.disk(true), 2).unwrap();
+        let mut pool = PoolEngine::new(img.disk(true), 2, StopFlag::new()).unwrap();
         let mut buf = vec![0u8; 512];
         let mut iov = iovec(&mut buf);
         // SAFETY: `buf` outlives the drain.
@@ -358,7 +371,7 @@ mod tests {
     fn drop_finishes_queued_jobs_and_joins_the_threads() {
         let img = TempImage::patterned(IMG);
         let disk = img.disk(false);
-        let mut pool = PoolEngine::new(disk.clone(), POOL_THREADS).unwrap();
+        let mut pool = PoolEngine::new(disk.clone(), POOL_THREADS, StopFlag::new()).unwrap();
         assert_eq!(Arc::strong_count(&disk), 2);
         let mut bufs: Vec<Vec<u8>> = (0..128u8).map(|i| vec![i; 4096]).collect();
         let mut iovs: Vec<Vec<libc::iovec>> = bufs.iter_mut().map(|b| iovec(b)).collect();

@@ -12,14 +12,19 @@ use std::sync::Arc;
 use io_uring::{opcode, types, IoUring, Probe};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Completion, Op};
+use super::{Completion, Op, StopFlag};
 use crate::virtio::block::disk::{Disk, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE};
+
+/// user_data of cancel requests: above every token (tokens are u32), so
+/// their completions are told apart from the operations'.
+const CANCEL_USER_DATA: u64 = 1 << 32;
 
 pub struct UringEngine {
     disk: Arc<Disk>,
     ring: IoUring,
     event: EventFd,
     in_flight: usize,
+    stop: StopFlag,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -33,7 +38,7 @@ impl std::fmt::Debug for UringEngine {
 impl UringEngine {
     /// Set up a ring for `depth` operations in flight; fails if the host
     /// cannot (or lacks an opcode we need).
-    pub fn new(disk: Arc<Disk>, depth: u32) -> io::Result<Self> {
+    pub fn new(disk: Arc<Disk>, depth: u32, stop: StopFlag) -> io::Result<Self> {
         let entries = depth.clamp(8, 4096).next_power_of_two();
         // A completion queue twice the submission queue (the default) never
         // overflows: the worker keeps at most `depth` operations in flight.
@@ -45,6 +50,7 @@ impl UringEngine {
             opcode::Writev::CODE,
             opcode::Fsync::CODE,
             opcode::Fallocate::CODE,
+            opcode::AsyncCancel::CODE,
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::from_raw_os_error(libc::ENOSYS));
@@ -57,11 +63,46 @@ impl UringEngine {
             ring,
             event,
             in_flight: 0,
+            stop,
         })
     }
 
     pub fn event_fd(&self) -> RawFd {
         self.event.as_raw_fd()
+    }
+
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.stop
+    }
+
+    /// Ask the kernel to cancel the operations `tokens`. Those not started
+    /// complete with -ECANCELED; those already running finish normally.
+    pub fn cancel(&mut self, tokens: impl Iterator<Item = u32>) {
+        for token in tokens {
+            let entry = opcode::AsyncCancel::new(u64::from(token))
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // SAFETY: a cancel request references no memory.
+            if unsafe { self.push_entry(&entry) }.is_err() {
+                break;
+            }
+        }
+        let _ = self.submit();
+    }
+
+    /// Queue one entry, handing the queue to the kernel first if it is full.
+    ///
+    /// # Safety
+    /// Whatever memory `entry` references must stay valid until its
+    /// completion is reaped.
+    unsafe fn push_entry(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller keeps what the entry references valid.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
+        }
     }
 
     /// # Safety
@@ -100,16 +141,9 @@ impl UringEngine {
                 .build(),
         }
         .user_data(u64::from(token));
-        loop {
-            // SAFETY: the entry only references `iovecs` (and the memory it
-            // points to), which the caller keeps valid until completion.
-            let pushed = unsafe { self.ring.submission().push(&entry) };
-            if pushed.is_ok() {
-                break;
-            }
-            // The submission queue is full: hand it to the kernel first.
-            self.submit()?;
-        }
+        // SAFETY: the entry only references `iovecs` (and the memory it
+        // points to), which the caller keeps valid until completion.
+        unsafe { self.push_entry(&entry) }?;
         self.in_flight += 1;
         Ok(())
     }
@@ -127,6 +161,9 @@ impl UringEngine {
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         // The eventfd is never read: the worker polls it edge-triggered.
         for cqe in self.ring.completion() {
+            if cqe.user_data() == CANCEL_USER_DATA {
+                continue;
+            }
             self.in_flight = self.in_flight.saturating_sub(1);
             out.push(Completion {
                 token: cqe.user_data() as u32,
