@@ -11,6 +11,9 @@ pub struct BlockMetrics {
     pub writes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub flushes: AtomicU64,
+    /// fdatasyncs the device made on its own: in write-through mode, one
+    /// after every request that changed the image.
+    pub write_through_syncs: AtomicU64,
     pub discards: AtomicU64,
     pub write_zeroes: AtomicU64,
     pub get_ids: AtomicU64,

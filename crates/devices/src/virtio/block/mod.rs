@@ -27,6 +27,8 @@ pub mod request;
 mod worker;
 
 #[cfg(test)]
+mod durability_tests;
+#[cfg(test)]
 mod fuzz_lite;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -217,6 +217,19 @@ impl<'a> Driver<'a> {
         metrics: Arc<BlockMetrics>,
         engine: EngineKind,
     ) -> Worker {
+        self.worker_mode(disk, interrupt, metrics, engine, false)
+    }
+
+    /// A worker on this queue with `engine`, write-through (FLUSH not
+    /// negotiated) or not.
+    pub fn worker_mode(
+        &self,
+        disk: Arc<Disk>,
+        interrupt: Arc<TestInterrupt>,
+        metrics: Arc<BlockMetrics>,
+        engine: EngineKind,
+        write_through: bool,
+    ) -> Worker {
         let engine = Engine::new(disk.clone(), engine, u32::from(self.size));
         Worker::new(
             self.mem.clone(),
@@ -229,7 +242,7 @@ impl<'a> Driver<'a> {
             interrupt,
             engine,
             metrics,
-            false,
+            write_through,
         )
     }
 

@@ -475,6 +475,7 @@ impl Worker {
             RequestKind::Flush if outcome.is_err() => self.flush_failed = true,
             RequestKind::Flush => {}
             _ if changes_image && self.write_through && outcome.is_ok() => {
+                BlockMetrics::add(&self.metrics.write_through_syncs, 1);
                 if self.disk.flush().is_err() {
                     self.flush_failed = true;
                 }
