@@ -343,3 +343,37 @@ pub fn advance_iovecs(iovecs: &mut [libc::iovec], start: &mut usize, mut n: usiz
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_utils::TempImage;
+    use super::*;
+
+    /// Zeros written by hand (up to 2 GiB for one request) stop between
+    /// chunks once the device is stopping, and so does the remainder of a
+    /// vectored transfer.
+    #[test]
+    fn long_synchronous_work_gives_up_when_stopped() {
+        let img = TempImage::patterned(1 << 20);
+        let before = img.contents();
+        let disk = img.disk(false);
+        let stop = StopFlag::new();
+        disk.write_zero_bytes(0, 4096, &stop).unwrap();
+        assert_eq!(img.read_at(0, 4096), vec![0; 4096]);
+        stop.set();
+        let e = disk.write_zero_bytes(8192, 1 << 19, &stop).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECANCELED));
+        assert!(img.contents()[8192..] == before[8192..]);
+        // A transfer's first system call still runs (a stop only cuts a
+        // transfer the kernel left short).
+        let mut buf = vec![0u8; 512];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        }];
+        // SAFETY: `buf` outlives the call.
+        let n = unsafe { disk.rw_vectored(false, &mut iov, 4096, &stop) }.unwrap();
+        assert_eq!(n, 512);
+        assert_eq!(buf, before[4096..4608]);
+    }
+}

@@ -764,3 +764,46 @@ fn many_concurrent_requests_complete_with_correct_data() {
         assert!(!block.is_active());
     }
 }
+
+/// Requests are capped at seg_max x size_max bytes: one byte-sector over
+/// fails with IOERR before any I/O, exactly at the cap is served, both
+/// with descriptors that all name the same guest buffer.
+#[test]
+fn requests_over_the_size_cap_fail_before_any_io() {
+    use super::request::{MAX_REQUEST_BYTES, SEG_MAX, SIZE_MAX};
+    let img = TempImage::empty();
+    std::fs::File::create(&img.path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mem = guest_memory();
+    let mut d = Driver::new(&mem, QUEUE_SIZE);
+    let metrics = Arc::new(BlockMetrics::default());
+    let irq = Arc::new(TestInterrupt::default());
+    let mut w = d.worker_with(img.disk(false), irq, metrics.clone(), EngineKind::Sync);
+    let buf = d.alloc(2 * u64::from(SIZE_MAX));
+    let chain = |d: &mut Driver, last_len: u32| {
+        let header = d.header(VIRTIO_BLK_T_IN, 0);
+        let status = d.status_byte();
+        let mut descs = vec![(header, 16, false)];
+        descs.extend((1..SEG_MAX).map(|_| (buf, SIZE_MAX, true)));
+        descs.push((buf, last_len, true));
+        descs.push((status, 1, true));
+        (d.add_chain(&descs), status)
+    };
+    // Each chain fills the whole descriptor table: one at a time.
+    let status = |a| mem.read_obj::<u8>(a).unwrap();
+    let (at_cap, at_cap_status) = chain(&mut d, SIZE_MAX);
+    w.run_once();
+    assert_eq!(status(at_cap_status), OK);
+    assert_eq!(d.used_len(at_cap), MAX_REQUEST_BYTES + 1);
+    let (over, over_status) = chain(&mut d, SIZE_MAX + 512);
+    w.run_once();
+    assert_eq!(status(over_status), IOERR);
+    assert_eq!(d.used(1), (u32::from(over), 1));
+    assert_eq!(BlockMetrics::get(&metrics.invalid_requests), 1);
+    assert_eq!(
+        BlockMetrics::get(&metrics.read_bytes),
+        u64::from(MAX_REQUEST_BYTES)
+    );
+}

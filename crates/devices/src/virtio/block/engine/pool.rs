@@ -391,4 +391,38 @@ mod tests {
         drop(iovs);
         drop(bufs);
     }
+
+    /// Once the stop flag is set, jobs still queued complete with
+    /// -ECANCELED without touching the disk, so a drain waits only for the
+    /// jobs already running.
+    #[test]
+    fn a_stop_cancels_queued_jobs() {
+        let img = TempImage::patterned(IMG);
+        let before = img.contents();
+        let stop = StopFlag::new();
+        let mut pool = PoolEngine::new(img.disk(false), 1, stop.clone()).unwrap();
+        let mut bufs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 4096]).collect();
+        let mut iovs: Vec<Vec<libc::iovec>> = bufs.iter_mut().map(|b| iovec(b)).collect();
+        stop.set();
+        for (i, iov) in iovs.iter_mut().enumerate() {
+            let op = Op::Write {
+                offset: i as u64 * 4096,
+            };
+            // SAFETY: `bufs` and `iovs` outlive the drain.
+            unsafe { pool.push(i as u32, op, iov) };
+        }
+        let mut done = Vec::new();
+        pool.drain(&mut done);
+        assert_eq!(done.len(), 64);
+        assert!(
+            done.iter().all(|c| c.result == -libc::ECANCELED),
+            "{done:?}"
+        );
+        assert!(
+            img.contents() == before,
+            "a cancelled write reached the image"
+        );
+        drop(iovs);
+        drop(bufs);
+    }
 }
