@@ -76,7 +76,10 @@ impl Vm {
         add(sig_fd, TOKEN_SIGNAL)?;
         add(self.serial_input_ready.as_raw_fd(), TOKEN_INPUT_READY)?;
         let interactive = self.config.console == ConsoleConfig::Stdio;
-        let mut stdin_open = interactive && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        let mut stdin = StdinWatch {
+            open: interactive && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok(),
+            watched: true,
+        };
         let _raw = if interactive {
             RawTerminal::enable()
         } else {
@@ -110,14 +113,12 @@ impl Vm {
                         }
                     }
                     TOKEN_INPUT_READY => {
+                        // The UART signals once per batch of input it was
+                        // given, not per guest read (see legacy/serial.rs).
                         let _ = self.serial_input_ready.read();
                         self.flush_input(&mut pending);
-                        if stdin_open && pending.is_empty() {
-                            let _ = epoll.ctl(
-                                ControlOperation::Add,
-                                libc::STDIN_FILENO,
-                                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-                            );
+                        if pending.is_empty() {
+                            stdin.watch(&epoll);
                         }
                     }
                     TOKEN_STDIN => {
@@ -125,12 +126,8 @@ impl Vm {
                         match read_stdin(&mut buf) {
                             Ok(0) | Err(_) => {
                                 // End of input: the guest keeps running.
-                                stdin_open = false;
-                                let _ = epoll.ctl(
-                                    ControlOperation::Delete,
-                                    libc::STDIN_FILENO,
-                                    EpollEvent::default(),
-                                );
+                                stdin.unwatch(&epoll);
+                                stdin.open = false;
                             }
                             Ok(n) => {
                                 if escape.feed(&buf[..n], &mut pending) {
@@ -139,11 +136,7 @@ impl Vm {
                                 self.flush_input(&mut pending);
                                 if !pending.is_empty() {
                                     // FIFO full: wait until the guest drains it.
-                                    let _ = epoll.ctl(
-                                        ControlOperation::Delete,
-                                        libc::STDIN_FILENO,
-                                        EpollEvent::default(),
-                                    );
+                                    stdin.unwatch(&epoll);
                                 }
                             }
                         }
@@ -163,6 +156,39 @@ impl Vm {
         }
         let n = devices::bus::lock(&self.serial).enqueue_input(pending);
         pending.drain(..n);
+    }
+}
+
+/// Whether stdin is in the epoll set: taken out while the UART's FIFO is
+/// full, put back (once) when the guest has drained it.
+struct StdinWatch {
+    /// stdin is a console input that has not reached end of file.
+    open: bool,
+    watched: bool,
+}
+
+impl StdinWatch {
+    fn watch(&mut self, epoll: &Epoll) {
+        if self.open && !self.watched {
+            self.watched = epoll
+                .ctl(
+                    ControlOperation::Add,
+                    libc::STDIN_FILENO,
+                    EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+                )
+                .is_ok();
+        }
+    }
+
+    fn unwatch(&mut self, epoll: &Epoll) {
+        if self.open && self.watched {
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                libc::STDIN_FILENO,
+                EpollEvent::default(),
+            );
+            self.watched = false;
+        }
     }
 }
 

@@ -35,16 +35,48 @@ pub enum PciSetupError {
     Bus(#[from] BusError),
 }
 
+/// The KVM operations `KvmMsiRouter` uses: a seam so tests can make any of
+/// them fail.
+pub(crate) trait IrqRouting: Send + Sync {
+    /// Replace the whole GSI routing table.
+    fn set_gsi_routing(&self, routes: &[GsiRoute]) -> io::Result<()>;
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()>;
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()>;
+}
+
+impl IrqRouting for hypervisor::Vm {
+    fn set_gsi_routing(&self, routes: &[GsiRoute]) -> io::Result<()> {
+        hypervisor::Vm::set_gsi_routing(self, routes).map_err(io::Error::other)
+    }
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()> {
+        hypervisor::Vm::register_irqfd(self, evt, gsi).map_err(io::Error::other)
+    }
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()> {
+        hypervisor::Vm::unregister_irqfd(self, evt, gsi).map_err(io::Error::other)
+    }
+}
+
 /// MSI delivery through KVM: keeps the VM's GSI routing table (the legacy
 /// interrupt controller pins plus one MSI route per enabled vector) and
 /// attaches each vector's irqfd to its GSI.
+///
+/// A GSI is in `msi_routes` exactly when KVM has its route and its irqfd:
+/// each call changes both or, on failure, neither (it rolls back what it
+/// did), so a vector that failed to set up is retried by the next call
+/// rather than mistaken for a working one. A rollback that itself fails can
+/// leave a route without an irqfd in KVM's table; nothing signals that GSI,
+/// and the next successful push replaces the table.
 pub struct KvmMsiRouter {
-    vm: Arc<hypervisor::Vm>,
+    vm: Arc<dyn IrqRouting>,
     msi_routes: Mutex<BTreeMap<u32, MsiMessage>>,
 }
 
 impl KvmMsiRouter {
     pub fn new(vm: Arc<hypervisor::Vm>) -> Self {
+        Self::with_routing(vm)
+    }
+
+    pub(crate) fn with_routing(vm: Arc<dyn IrqRouting>) -> Self {
         KvmMsiRouter {
             vm,
             msi_routes: Mutex::new(BTreeMap::new()),
@@ -58,41 +90,47 @@ impl KvmMsiRouter {
             address: m.address,
             data: m.data,
         }));
-        self.vm.set_gsi_routing(&routes).map_err(io::Error::other)
+        self.vm.set_gsi_routing(&routes)
+    }
+
+    #[cfg(test)]
+    fn routed(&self) -> BTreeMap<u32, MsiMessage> {
+        lock(&self.msi_routes).clone()
     }
 }
 
 impl MsiRouter for KvmMsiRouter {
     fn enable_vector(&self, gsi: u32, msg: MsiMessage, irqfd: &EventFd) -> io::Result<()> {
         let mut msi = lock(&self.msi_routes);
-        let old = msi.insert(gsi, msg);
+        let old = msi.get(&gsi).copied();
         if old == Some(msg) {
             return Ok(());
         }
-        if let Err(e) = self.push(&msi) {
-            match old {
-                Some(m) => msi.insert(gsi, m),
-                None => msi.remove(&gsi),
-            };
-            return Err(e);
-        }
+        let mut next = msi.clone();
+        next.insert(gsi, msg);
+        // KVM_SET_GSI_ROUTING replaces the table or leaves it alone.
+        self.push(&next)?;
         if old.is_none() {
-            self.vm
-                .register_irqfd(irqfd, gsi)
-                .map_err(io::Error::other)?;
+            if let Err(e) = self.vm.register_irqfd(irqfd, gsi) {
+                // Take the route back out: the vector stays not set up.
+                let _ = self.push(&msi);
+                return Err(e);
+            }
         }
+        *msi = next;
         Ok(())
     }
 
     fn disable_vector(&self, gsi: u32, irqfd: &EventFd) -> io::Result<()> {
         let mut msi = lock(&self.msi_routes);
-        if msi.remove(&gsi).is_some() {
-            self.vm
-                .unregister_irqfd(irqfd, gsi)
-                .map_err(io::Error::other)?;
-            self.push(&msi)?;
+        if !msi.contains_key(&gsi) {
+            return Ok(());
         }
-        Ok(())
+        // Still registered if this fails: the entry stays, a retry works.
+        self.vm.unregister_irqfd(irqfd, gsi)?;
+        msi.remove(&gsi);
+        // If this fails the old route lingers without an irqfd (harmless).
+        self.push(&msi)
     }
 }
 
@@ -306,5 +344,104 @@ mod tests {
         let io = KvmIoEvents::new(vm);
         io.register_mmio(0xc000_3000, &fd).unwrap();
         io.unregister_mmio(0xc000_3000, &fd).unwrap();
+    }
+
+    /// KVM's side as a model: the routing table and the registered irqfds,
+    /// with failures to inject.
+    #[derive(Default)]
+    struct FakeKvm {
+        table: Mutex<Vec<GsiRoute>>,
+        irqfds: Mutex<Vec<u32>>,
+        fail_register: Mutex<u32>,
+        fail_unregister: Mutex<u32>,
+    }
+
+    impl FakeKvm {
+        fn msi_gsis(&self) -> Vec<u32> {
+            let table = self.table.lock().unwrap();
+            table
+                .iter()
+                .filter_map(|r| match r {
+                    GsiRoute::Msi { gsi, .. } => Some(*gsi),
+                    GsiRoute::Irqchip { .. } => None,
+                })
+                .collect()
+        }
+        fn irqfds(&self) -> Vec<u32> {
+            self.irqfds.lock().unwrap().clone()
+        }
+        fn take_failure(counter: &Mutex<u32>) -> bool {
+            let mut n = counter.lock().unwrap();
+            let fail = *n > 0;
+            *n = n.saturating_sub(1);
+            fail
+        }
+    }
+
+    impl IrqRouting for FakeKvm {
+        fn set_gsi_routing(&self, routes: &[GsiRoute]) -> io::Result<()> {
+            *self.table.lock().unwrap() = routes.to_vec();
+            Ok(())
+        }
+        fn register_irqfd(&self, _evt: &EventFd, gsi: u32) -> io::Result<()> {
+            if Self::take_failure(&self.fail_register) {
+                return Err(io::Error::other("injected KVM_IRQFD failure"));
+            }
+            self.irqfds.lock().unwrap().push(gsi);
+            Ok(())
+        }
+        fn unregister_irqfd(&self, _evt: &EventFd, gsi: u32) -> io::Result<()> {
+            if Self::take_failure(&self.fail_unregister) {
+                return Err(io::Error::other("injected KVM_IRQFD deassign failure"));
+            }
+            self.irqfds.lock().unwrap().retain(|g| *g != gsi);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_irqfd_registration_rolls_the_route_back_and_is_retried() {
+        let kvm = Arc::new(FakeKvm::default());
+        let router = KvmMsiRouter::with_routing(kvm.clone());
+        let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x30,
+        };
+        *kvm.fail_register.lock().unwrap() = 1;
+        assert!(router.enable_vector(24, msg, &fd).is_err());
+        // Neither half is left behind: no route, no irqfd, not set up.
+        assert!(kvm.msi_gsis().is_empty());
+        assert!(kvm.irqfds().is_empty());
+        assert!(router.routed().is_empty());
+        // The same call again really sets the vector up (before, it found
+        // the message recorded and returned Ok with no irqfd behind it).
+        router.enable_vector(24, msg, &fd).unwrap();
+        assert_eq!(kvm.msi_gsis(), vec![24]);
+        assert_eq!(kvm.irqfds(), vec![24]);
+        assert_eq!(router.routed().get(&24), Some(&msg));
+        // A legacy-only table is still pushed in full.
+        assert!(kvm.table.lock().unwrap().len() > 24);
+    }
+
+    #[test]
+    fn a_failed_irqfd_unregistration_keeps_the_vector_until_a_retry() {
+        let kvm = Arc::new(FakeKvm::default());
+        let router = KvmMsiRouter::with_routing(kvm.clone());
+        let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x31,
+        };
+        router.enable_vector(25, msg, &fd).unwrap();
+        *kvm.fail_unregister.lock().unwrap() = 1;
+        assert!(router.disable_vector(25, &fd).is_err());
+        assert_eq!(kvm.msi_gsis(), vec![25]);
+        assert_eq!(kvm.irqfds(), vec![25]);
+        assert_eq!(router.routed().get(&25), Some(&msg));
+        router.disable_vector(25, &fd).unwrap();
+        assert!(kvm.msi_gsis().is_empty());
+        assert!(kvm.irqfds().is_empty());
+        assert!(router.routed().is_empty());
     }
 }

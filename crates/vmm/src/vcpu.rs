@@ -1,5 +1,9 @@
 //! A vCPU thread's one job: run its vCPU, hand port and MMIO exits to the
 //! buses, and report anything that ends the VM to the `ExitNotifier`.
+//!
+//! A string port instruction (`rep insb`, `rep outsw`, ...) exits once with
+//! many accesses; each goes to the bus on its own, in order, as on hardware,
+//! so a device sees `count` one-byte writes rather than one wide one.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,14 +44,37 @@ pub fn spawn(
 
 /// Run until one exit is handled; Some(reason) if the VM must stop.
 fn run_once(id: u8, vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
+    handle_exit(id, vcpu.run(), buses)
+}
+
+/// Port reads: `data` is `data.len() / size` reads of `size` bytes.
+fn pio_in(bus: &Bus, port: u16, size: usize, data: &mut [u8]) {
+    for access in data.chunks_mut(size.max(1)) {
+        bus.read(u64::from(port), access);
+    }
+}
+
+/// Port writes: `data` is `data.len() / size` writes of `size` bytes.
+fn pio_out(bus: &Bus, port: u16, size: usize, data: &[u8]) {
+    for access in data.chunks(size.max(1)) {
+        bus.write(u64::from(port), access);
+    }
+}
+
+/// Act on one exit; Some(reason) if the VM must stop.
+fn handle_exit(
+    id: u8,
+    exit: hypervisor::Result<VcpuExit<'_>>,
+    buses: &Buses,
+) -> Option<ExitReason> {
     let failed = |detail: String| Some(ExitReason::VcpuFailed { vcpu: id, detail });
-    match vcpu.run() {
-        Ok(VcpuExit::IoIn(port, data)) => {
-            buses.pio.read(u64::from(port), data);
+    match exit {
+        Ok(VcpuExit::IoIn { port, size, data }) => {
+            pio_in(&buses.pio, port, size, data);
             None
         }
-        Ok(VcpuExit::IoOut(port, data)) => {
-            buses.pio.write(u64::from(port), data);
+        Ok(VcpuExit::IoOut { port, size, data }) => {
+            pio_out(&buses.pio, port, size, data);
             None
         }
         Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -70,5 +97,91 @@ fn run_once(id: u8, vcpu: &mut Vcpu, buses: &Buses) -> Option<ExitReason> {
         }
         Ok(VcpuExit::Other(what)) => failed(format!("unexpected exit {what}")),
         Err(e) => failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::BusDevice;
+    use std::sync::Mutex;
+
+    /// Records every access; reads return 0x10, 0x11, ... in turn.
+    #[derive(Default)]
+    struct Recorder {
+        accesses: Vec<(char, u64, Vec<u8>)>,
+        next: u8,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for b in data.iter_mut() {
+                *b = 0x10 + self.next;
+                self.next += 1;
+            }
+            self.accesses.push(('r', offset, data.to_vec()));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.accesses.push(('w', offset, data.to_vec()));
+        }
+    }
+
+    fn buses_with(port: u64, dev: Arc<Mutex<Recorder>>) -> Buses {
+        let mut pio = Bus::new();
+        pio.insert(port, 8, dev).unwrap();
+        Buses {
+            pio,
+            mmio: Bus::new(),
+        }
+    }
+
+    #[test]
+    fn string_port_io_is_split_into_single_accesses() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let buses = buses_with(0x3f8, dev.clone());
+        // `rep outsb` of "hi!" to the data port: three 1-byte writes.
+        let exit = Ok(VcpuExit::IoOut {
+            port: 0x3f8,
+            size: 1,
+            data: b"hi!",
+        });
+        assert_eq!(handle_exit(0, exit, &buses), None);
+        // `rep insw` with count 2 from port 0x3fa: two 2-byte reads whose
+        // results land in order.
+        let mut data = [0u8; 4];
+        let exit = Ok(VcpuExit::IoIn {
+            port: 0x3fa,
+            size: 2,
+            data: &mut data,
+        });
+        assert_eq!(handle_exit(0, exit, &buses), None);
+        assert_eq!(data, [0x10, 0x11, 0x12, 0x13]);
+        let d = dev.lock().unwrap();
+        assert_eq!(
+            d.accesses,
+            vec![
+                ('w', 0, b"h".to_vec()),
+                ('w', 0, b"i".to_vec()),
+                ('w', 0, b"!".to_vec()),
+                ('r', 2, vec![0x10, 0x11]),
+                ('r', 2, vec![0x12, 0x13]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_plain_port_access_is_one_bus_access() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let buses = buses_with(0x600, dev.clone());
+        let exit = Ok(VcpuExit::IoOut {
+            port: 0x604,
+            size: 4,
+            data: &[1, 2, 3, 4],
+        });
+        assert_eq!(handle_exit(0, exit, &buses), None);
+        assert_eq!(
+            dev.lock().unwrap().accesses,
+            vec![('w', 4, vec![1, 2, 3, 4])]
+        );
     }
 }

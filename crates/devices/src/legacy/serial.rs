@@ -2,7 +2,13 @@
 //! (the terminal, a file, nowhere); input is queued by the VMM's event loop,
 //! which waits on `input_ready` when the receive FIFO is full and the guest
 //! has not yet drained it.
+//!
+//! `input_ready` is signalled once per batch of queued input: when the guest
+//! empties a FIFO that `enqueue_input` filled. Reads of an already empty
+//! receive buffer (a guest polling the data port) signal nothing, so a
+//! spinning guest cannot keep the VMM thread busy.
 
+use std::cell::Cell;
 use std::io::Write;
 
 use vm_superio::serial::SerialEvents;
@@ -24,6 +30,10 @@ impl Trigger for IrqTrigger {
 /// Tells the event loop when the guest has emptied the receive FIFO.
 pub struct InputEvents {
     input_ready: EventFd,
+    /// Set when input was queued; cleared by the one signal it earns.
+    /// vm-superio reports "buffer empty" after every data-port read that
+    /// leaves the FIFO empty, including reads of an empty FIFO.
+    armed: Cell<bool>,
 }
 
 impl SerialEvents for InputEvents {
@@ -31,7 +41,9 @@ impl SerialEvents for InputEvents {
     fn out_byte(&self) {}
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
-        let _ = self.input_ready.write(1);
+        if self.armed.replace(false) {
+            let _ = self.input_ready.write(1);
+        }
     }
 }
 
@@ -48,7 +60,10 @@ impl Serial {
         Serial {
             uart: vm_superio::Serial::with_events(
                 IrqTrigger(irq),
-                InputEvents { input_ready },
+                InputEvents {
+                    input_ready,
+                    armed: Cell::new(false),
+                },
                 out,
             ),
         }
@@ -59,11 +74,16 @@ impl Serial {
         self.uart.fifo_capacity()
     }
 
-    /// Queue bytes for the guest to read; returns how many fit.
+    /// Queue bytes for the guest to read; returns how many fit. When any
+    /// did, `input_ready` is signalled once the guest has read them all.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.uart.fifo_capacity());
         // An error means the interrupt could not be raised; nothing queued.
-        self.uart.enqueue_raw_bytes(&bytes[..n]).unwrap_or_default()
+        let queued = self.uart.enqueue_raw_bytes(&bytes[..n]).unwrap_or_default();
+        if queued > 0 {
+            self.uart.events().armed.set(true);
+        }
+        queued
     }
 }
 
@@ -122,5 +142,46 @@ mod tests {
         // Out-of-range offsets are ignored, not a panic.
         s.write(1 << 40, &[1]);
         s.read(1 << 40, &mut d);
+    }
+
+    /// The eventfd's counter: how many wakeups the event loop would see.
+    fn wakeups(evt: &EventFd) -> u64 {
+        evt.read().unwrap_or(0)
+    }
+
+    #[test]
+    fn polling_an_empty_receive_buffer_wakes_the_vmm_at_most_once() {
+        let ready = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(
+            EventFd::new(0).unwrap(),
+            ready.try_clone().unwrap(),
+            Box::new(std::io::sink()),
+        );
+        let mut d = [0u8; 1];
+        // A guest spinning on the data port before any input: no wakeups.
+        for _ in 0..10_000 {
+            s.read(0, &mut d);
+        }
+        assert_eq!(wakeups(&ready), 0);
+        // Input flows; draining it is one wakeup, however long the guest
+        // keeps polling afterwards.
+        assert_eq!(s.enqueue_input(b"ab"), 2);
+        for expected in [b'a', b'b'] {
+            s.read(0, &mut d);
+            assert_eq!(d[0], expected);
+        }
+        for _ in 0..10_000 {
+            s.read(0, &mut d);
+            assert_eq!(d[0], 0);
+        }
+        assert_eq!(wakeups(&ready), 1);
+        // More input still arrives and earns its own single wakeup.
+        assert_eq!(s.enqueue_input(b"c"), 1);
+        s.read(0, &mut d);
+        assert_eq!(d[0], b'c');
+        for _ in 0..100 {
+            s.read(0, &mut d);
+        }
+        assert_eq!(wakeups(&ready), 1);
     }
 }

@@ -63,9 +63,12 @@ pub struct MsiMessage {
 /// irqfd; a device interrupts by writing its irqfd.
 pub trait MsiRouter: Send + Sync {
     /// Route `gsi` to `msg` and make writes to `irqfd` inject it. Called
-    /// again when the guest changes the message; must be idempotent.
+    /// again when the guest changes the message; must be idempotent. The
+    /// route and the irqfd change together or not at all: on error the
+    /// vector is as it was before the call, so the caller may retry.
     fn enable_vector(&self, gsi: u32, msg: MsiMessage, irqfd: &EventFd) -> io::Result<()>;
-    /// Stop delivering `gsi` (MSI-X disabled, device gone).
+    /// Stop delivering `gsi` (MSI-X disabled, device gone). On error the
+    /// vector is still set up and a later call retries.
     fn disable_vector(&self, gsi: u32, irqfd: &EventFd) -> io::Result<()>;
 }
 

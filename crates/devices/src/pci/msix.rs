@@ -6,6 +6,10 @@
 //! handed to the router) when it first becomes unmasked and whenever the
 //! guest changes its message while unmasked. Signalling a masked vector sets
 //! its pending bit; unmasking a pending vector delivers it and clears the bit.
+//!
+//! The router changes a vector's route and irqfd together or not at all;
+//! `routed` records only what it accepted, so a vector whose routing failed
+//! stays "not set up" and the next table write, unmask or signal retries it.
 
 use std::io;
 use std::sync::Arc;
@@ -278,8 +282,9 @@ impl Msix {
         }
         let msg = self.state.entries[v].message();
         if self.routed[v] != Some(msg) {
-            // A failed route leaves the vector unrouted; the next table
-            // write tries again. Nothing here may take the VMM down.
+            // A failed call leaves the router as it was (the old message, or
+            // nothing), and so `routed`; the next update tries again.
+            // Nothing here may take the VMM down.
             if self
                 .router
                 .enable_vector(self.gsis[v], msg, &self.irqfds[v])
@@ -296,8 +301,13 @@ impl Msix {
 
     fn disable_all(&mut self) {
         for v in 0..self.routed.len() {
-            if self.routed[v].take().is_some() {
-                let _ = self.router.disable_vector(self.gsis[v], &self.irqfds[v]);
+            if self.routed[v].is_some()
+                && self
+                    .router
+                    .disable_vector(self.gsis[v], &self.irqfds[v])
+                    .is_ok()
+            {
+                self.routed[v] = None;
             }
         }
     }
@@ -351,14 +361,22 @@ pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records what the router was asked to do.
+    /// Records what the router accepted; `fail_enables` calls to
+    /// `enable_vector` fail first (and change nothing, as the real router
+    /// promises).
     #[derive(Default)]
     pub(crate) struct FakeRouter {
         pub routes: Mutex<Vec<(u32, Option<MsiMessage>)>>,
+        pub fail_enables: Mutex<u32>,
     }
 
     impl MsiRouter for FakeRouter {
         fn enable_vector(&self, gsi: u32, msg: MsiMessage, _irqfd: &EventFd) -> io::Result<()> {
+            let mut fail = self.fail_enables.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(io::Error::other("injected irqfd registration failure"));
+            }
             self.routes.lock().unwrap().push((gsi, Some(msg)));
             Ok(())
         }
@@ -439,6 +457,34 @@ pub(crate) mod tests {
         let routes = router.routes.lock().unwrap();
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[1].1.unwrap().data, 2);
+    }
+
+    #[test]
+    fn a_vector_whose_routing_failed_is_retried_not_trusted() {
+        let router = Arc::new(FakeRouter::default());
+        let mut m = Msix::new(1, vec![50], router.clone()).unwrap();
+        m.set_control(CONTROL_ENABLE);
+        program(&mut m, 0, 0xfee0_0000, 7);
+        *router.fail_enables.lock().unwrap() = 1;
+        unmask(&mut m, 0);
+        assert_eq!(m.routed[0], None, "a failed vector is not set up");
+        assert!(router.routes.lock().unwrap().is_empty());
+        // The next signal routes it and delivers.
+        m.signal(0).unwrap();
+        assert!(fired(&m, 0));
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 7,
+        };
+        assert_eq!(m.routed[0], Some(msg));
+        assert_eq!(router.routes.lock().unwrap().as_slice(), &[(50, Some(msg))]);
+        // A failed re-route keeps the old route (the router kept it too)
+        // and the next write retries.
+        *router.fail_enables.lock().unwrap() = 1;
+        m.write_table(8, &8u32.to_le_bytes());
+        assert_eq!(m.routed[0], Some(msg));
+        m.write_table(8, &9u32.to_le_bytes());
+        assert_eq!(m.routed[0].map(|r| r.data), Some(9));
     }
 
     #[test]
