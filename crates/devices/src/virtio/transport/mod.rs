@@ -5,6 +5,8 @@
 pub mod pci;
 pub mod pci_common;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod pci_tests;
 
