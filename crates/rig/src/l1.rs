@@ -62,7 +62,16 @@ done
 stty -F /dev/ttyS0 raw -echo
 cd /rig
 sh /rig/run.sh </dev/null >/dev/ttyS0
-echo "@MARKER@$?" >/dev/ttyS1
+status=$?
+# Wait until ttyS0 has sent everything the run wrote (its transmit count
+# stops moving), so the tail of the output is not lost when the host sees
+# the marker and L1 powers off.
+tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
+last=none; n=0
+while [ "$(tx)" != "$last" ] && [ $n -lt 100 ]; do
+    last=$(tx); sleep 0.02; n=$((n + 1))
+done
+echo "@MARKER@$status" >/dev/ttyS1
 poweroff -f
 while :; do sleep 1; done
 "#;
