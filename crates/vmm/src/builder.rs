@@ -155,6 +155,9 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         what: "eventfd",
         source,
     })?);
+    // Device threads (virtio workers) report panics here; one VM per
+    // process, so the process-wide sink is this VM's (devices::thread).
+    devices::thread::set_panic_sink(exit.clone());
     let sink: Arc<dyn VmEventSink> = exit.clone();
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, layout::COM1_IRQ)?;

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use devices::thread::ThreadPanicSink;
 use devices::{VmEvent, VmEventSink};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,6 +22,8 @@ pub enum ExitReason {
     TripleFault { vcpu: u8 },
     /// KVM could not run a vCPU any further.
     VcpuFailed { vcpu: u8, detail: String },
+    /// A VMM thread (vCPU, device worker) panicked; the VM cannot go on.
+    ThreadPanicked { thread: String, message: String },
     /// SIGINT or SIGTERM reached the VMM.
     Signal(i32),
     /// The user quit from the console (Ctrl-A x).
@@ -35,7 +38,8 @@ impl ExitReason {
             ExitReason::GuestExit(status) => i32::from(*status),
             ExitReason::GuestPanic
             | ExitReason::TripleFault { .. }
-            | ExitReason::VcpuFailed { .. } => 1,
+            | ExitReason::VcpuFailed { .. }
+            | ExitReason::ThreadPanicked { .. } => 1,
             ExitReason::Signal(sig) => 128 + sig,
         }
     }
@@ -51,6 +55,9 @@ impl ExitReason {
             )),
             ExitReason::VcpuFailed { vcpu, detail } => {
                 Some(format!("vCPU {vcpu} stopped: {detail}"))
+            }
+            ExitReason::ThreadPanicked { thread, message } => {
+                Some(format!("thread {thread} panicked: {message}"))
             }
             ExitReason::Signal(sig) => Some(format!(
                 "received {}, VM stopped",
@@ -107,9 +114,21 @@ impl VmEventSink for ExitNotifier {
     }
 }
 
+/// A panicked thread ends the VM: its vCPUs cannot be trusted to make
+/// progress (a device worker that died leaves its queues unserved).
+impl ThreadPanicSink for ExitNotifier {
+    fn thread_panicked(&self, thread: &str, message: &str) {
+        self.exit(ExitReason::ThreadPanicked {
+            thread: thread.to_string(),
+            message: message.to_string(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn first_reason_wins() {
@@ -129,5 +148,30 @@ mod tests {
         }
         assert_eq!(ExitReason::PowerOff.exit_code(), 0);
         assert_eq!(ExitReason::Reset.exit_code(), 0);
+    }
+
+    #[test]
+    fn a_panicked_device_thread_ends_the_vm_with_its_name() {
+        let n = Arc::new(ExitNotifier::new().unwrap());
+        let sink: Arc<dyn ThreadPanicSink> = n.clone();
+        devices::thread::spawn_with_sink("vireo-blk-x", sink, || panic!("worker bug"))
+            .unwrap()
+            .join()
+            .unwrap();
+        let reason = n.reason().expect("the VM was told to stop");
+        assert_eq!(
+            reason,
+            ExitReason::ThreadPanicked {
+                thread: "vireo-blk-x".into(),
+                message: "worker bug".into()
+            }
+        );
+        assert_eq!(reason.exit_code(), 1);
+        assert_eq!(
+            reason.message().unwrap(),
+            "thread vireo-blk-x panicked: worker bug"
+        );
+        // The event loop was woken.
+        assert_eq!(n.eventfd().read().unwrap(), 1);
     }
 }

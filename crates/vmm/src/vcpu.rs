@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use devices::thread::ThreadPanicSink;
 use devices::Bus;
 use hypervisor::{Vcpu, VcpuExit};
 
@@ -24,22 +25,31 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
-/// Start vCPU `id` on its own thread named `vcpu<id>`.
+/// Start vCPU `id` on its own thread named `vcpu<id>`. A panic on it (a
+/// device's bus handler, say) ends the VM with `ExitReason::ThreadPanicked`.
 pub fn spawn(
     id: u8,
     mut vcpu: Vcpu,
     buses: Arc<Buses>,
     exit: Arc<ExitNotifier>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .spawn(move || {
-            while exit.reason().is_none() {
-                if let Some(reason) = run_once(id, &mut vcpu, &buses) {
-                    exit.exit(reason);
-                }
+    spawn_loop(id, exit, move || run_once(id, &mut vcpu, &buses))
+}
+
+/// The vCPU thread: `step` until the VM has an exit reason, under the
+/// panic guard that reports to `exit`.
+fn spawn_loop<F>(id: u8, exit: Arc<ExitNotifier>, mut step: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnMut() -> Option<ExitReason> + Send + 'static,
+{
+    let sink: Arc<dyn ThreadPanicSink> = exit.clone();
+    devices::thread::spawn_with_sink(format!("vcpu{id}"), sink, move || {
+        while exit.reason().is_none() {
+            if let Some(reason) = step() {
+                exit.exit(reason);
             }
-        })
+        }
+    })
 }
 
 /// Run until one exit is handled; Some(reason) if the VM must stop.
@@ -167,6 +177,48 @@ mod tests {
                 ('r', 2, vec![0x12, 0x13]),
             ]
         );
+    }
+
+    /// A device model with a bug: any access panics.
+    struct Broken;
+    impl BusDevice for Broken {
+        fn read(&mut self, _offset: u64, _data: &mut [u8]) {
+            panic!("broken device read");
+        }
+        fn write(&mut self, offset: u64, _data: &[u8]) {
+            panic!("broken device write at {offset}");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_handling_an_exit_ends_the_vm() {
+        let mut pio = Bus::new();
+        pio.insert(0x500, 4, Arc::new(Mutex::new(Broken))).unwrap();
+        let buses = Arc::new(Buses {
+            pio,
+            mmio: Bus::new(),
+        });
+        let exit = Arc::new(ExitNotifier::new().unwrap());
+        // The vCPU loop as `spawn` runs it, with a guest that writes to the
+        // broken device's port on its first exit.
+        let t = spawn_loop(3, exit.clone(), move || {
+            let exit = Ok(VcpuExit::IoOut {
+                port: 0x502,
+                size: 1,
+                data: &[1],
+            });
+            handle_exit(3, exit, &buses)
+        })
+        .unwrap();
+        t.join().unwrap();
+        assert_eq!(
+            exit.reason(),
+            Some(ExitReason::ThreadPanicked {
+                thread: "vcpu3".into(),
+                message: "broken device write at 2".into()
+            })
+        );
+        assert_eq!(exit.reason().unwrap().exit_code(), 1);
     }
 
     #[test]

@@ -299,7 +299,8 @@ impl VirtioDevice for Block {
         let path = self.disk.path().display().to_string();
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || {
+            // A panic in the worker ends the VM with a reason (crate::thread).
+            .spawn(crate::thread::guard(name.clone(), move || {
                 // Built here: its request buffers hold raw host pointers and
                 // stay on this thread.
                 let worker =
@@ -307,7 +308,7 @@ impl VirtioDevice for Block {
                 if let Err(e) = worker.run(&worker_wake) {
                     eprintln!("vireo: virtio-blk {path}: device thread stopped: {e}");
                 }
-            })
+            }))
             .map_err(ActivateError::Worker)?;
         self.running = Some(Running { wake, stop, thread });
         Ok(())
