@@ -4,7 +4,7 @@
 //! and do it again. And the reset of a device buried in I/O: it returns at
 //! once and other PCI accesses go on meanwhile.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN};
@@ -14,15 +14,13 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::request::{MAX_DESCRIPTORS, SEG_MAX, SIZE_MAX};
 use super::test_utils::*;
 use super::{Block, QUEUE_SIZE as BLK_QUEUE_SIZE};
-use crate::bus::lock;
 use crate::pci::bus::{bar_read, bar_write};
-use crate::pci::config::{self, BarKind};
-use crate::pci::{NoHypervisor, PciBus, PciConfigMmio, SharedPciBus};
+use crate::pci::config;
+use crate::pci::{PciConfigMmio, SharedPciBus};
+use crate::virtio::transport::fuzzing::{bus_with, BAR};
 use crate::virtio::transport::pci_common::*;
-use crate::virtio::transport::{VirtioPciDevice, VirtioPciResources};
 use crate::BusDevice;
 
-const BAR: u64 = 0xc000_0000;
 const DEVICE_CFG: u64 = 0x2000;
 const NOTIFY: u64 = 0x3000;
 const SIZE: u16 = 16;
@@ -57,21 +55,7 @@ impl Pci {
 /// A bus with `block` behind the virtio-pci transport at 00:01.0, memory
 /// decoding on.
 fn attach(block: Block, mem: &memory::GuestMemory) -> Pci {
-    let vectors = VirtioPciDevice::msix_vectors(&block);
-    let dev = VirtioPciDevice::new(
-        Box::new(block),
-        mem.clone(),
-        VirtioPciResources {
-            bar_kind: BarKind::Memory32,
-            bar_addr: BAR,
-            gsis: (0..u32::from(vectors)).map(|v| 24 + v).collect(),
-            msi_router: Arc::new(NoHypervisor),
-            ioevents: Arc::new(NoHypervisor),
-        },
-    )
-    .unwrap();
-    let bus = Arc::new(Mutex::new(PciBus::new()));
-    lock(&bus).add_device(Arc::new(Mutex::new(dev))).unwrap();
+    let bus = bus_with(block, mem);
     let mut ecam = PciConfigMmio::new(bus.clone());
     ecam.write(1 << 15 | config::COMMAND as u64, &[0x6, 0]);
     Pci { bus }

@@ -24,7 +24,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::bus::{lock, BusDevice};
 use crate::pci::config::BarKind;
-use crate::pci::{NoHypervisor, PciBarWindow, PciBus, PciConfigIo, PciConfigMmio};
+use crate::pci::{NoHypervisor, PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, SharedPciBus};
 use crate::virtio::block::{Block, BlockMetrics, EngineKind};
 use crate::virtio::transport::pci_common::*;
 use crate::virtio::transport::{VirtioPciDevice, VirtioPciResources};
@@ -94,23 +94,7 @@ impl Surface {
         let mut block = Block::new(&image, false, Some("fuzz".into()), 2).expect("block device");
         block.set_engine(engine);
         let metrics = block.metrics();
-        let vectors = VirtioPciDevice::msix_vectors(&block);
-        let dev = VirtioPciDevice::new(
-            Box::new(block),
-            mem.clone(),
-            VirtioPciResources {
-                bar_kind: BarKind::Memory32,
-                bar_addr: BAR,
-                gsis: (0..u32::from(vectors)).map(|v| 24 + v).collect(),
-                msi_router: Arc::new(NoHypervisor),
-                ioevents: Arc::new(NoHypervisor),
-            },
-        )
-        .expect("virtio-pci device");
-        let bus = Arc::new(Mutex::new(PciBus::new()));
-        lock(&bus)
-            .add_device(Arc::new(Mutex::new(dev)))
-            .expect("slot");
+        let bus = bus_with(block, &mem);
         let mut s = Surface {
             cf8: PciConfigIo::new(bus.clone()),
             ecam: PciConfigMmio::new(bus.clone()),
@@ -122,6 +106,11 @@ impl Surface {
         };
         s.ecam.write(1 << 15 | 4, &[0x6, 0]);
         s
+    }
+
+    /// The device's counters: how far inputs got (requests served, refused).
+    pub fn metrics(&self) -> &BlockMetrics {
+        &self.metrics
     }
 
     fn bar_write(&mut self, off: u64, value: u64, len: usize) {
@@ -344,6 +333,29 @@ impl Surface {
     }
 }
 
+/// A PCI bus with `block` behind the virtio-pci transport at 00:01.0, BAR 0
+/// at `BAR` (memory decoding still off), on test doubles for KVM.
+pub fn bus_with(block: Block, mem: &GuestMemory) -> SharedPciBus {
+    let vectors = VirtioPciDevice::msix_vectors(&block);
+    let dev = VirtioPciDevice::new(
+        Box::new(block),
+        mem.clone(),
+        VirtioPciResources {
+            bar_kind: BarKind::Memory32,
+            bar_addr: BAR,
+            gsis: (0..u32::from(vectors)).map(|v| 24 + v).collect(),
+            msi_router: Arc::new(NoHypervisor),
+            ioevents: Arc::new(NoHypervisor),
+        },
+    )
+    .expect("virtio-pci device");
+    let bus = Arc::new(Mutex::new(PciBus::new()));
+    lock(&bus)
+        .add_device(Arc::new(Mutex::new(dev)))
+        .expect("slot");
+    bus
+}
+
 impl Drop for Surface {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.image);
@@ -408,7 +420,7 @@ mod tests {
         let m = |f: fn(&BlockMetrics) -> &std::sync::atomic::AtomicU64| {
             surfaces
                 .iter()
-                .map(|s| BlockMetrics::get(f(&s.metrics)))
+                .map(|s| BlockMetrics::get(f(s.metrics())))
                 .sum::<u64>()
         };
         let (reads, writes, invalid) = (
