@@ -41,6 +41,17 @@ impl Pci {
     fn status(&self) -> u8 {
         self.read(DEVICE_STATUS, 1) as u8
     }
+    /// Set up and enable queue `q` on `d`'s rings, with MSI-X vector `q`.
+    fn setup_queue(&self, q: usize, d: &Driver, size: u16) {
+        self.write(QUEUE_SELECT, q as u64, 2);
+        self.write(QUEUE_SIZE, u64::from(size), 2);
+        self.write(QUEUE_DESC, d.mock.desc_table_addr().0, 8);
+        self.write(QUEUE_DRIVER, d.mock.avail_addr().0, 8);
+        self.write(QUEUE_DEVICE, d.mock.used_addr().0, 8);
+        self.write(QUEUE_MSIX_VECTOR, q as u64, 2);
+        self.write(QUEUE_ENABLE, 1, 2);
+    }
+
     /// Write a reset and poll until it is done, as a driver must.
     fn reset(&self) {
         self.write(DEVICE_STATUS, 0, 1);
@@ -105,13 +116,7 @@ fn block_through_the_virtio_pci_transport() {
             })
             .collect();
         for (q, d) in drivers.iter().enumerate() {
-            pci.write(QUEUE_SELECT, q as u64, 2);
-            pci.write(QUEUE_SIZE, u64::from(SIZE), 2);
-            pci.write(QUEUE_DESC, d.mock.desc_table_addr().0, 8);
-            pci.write(QUEUE_DRIVER, d.mock.avail_addr().0, 8);
-            pci.write(QUEUE_DEVICE, d.mock.used_addr().0, 8);
-            pci.write(QUEUE_MSIX_VECTOR, q as u64, 2);
-            pci.write(QUEUE_ENABLE, 1, 2);
+            pci.setup_queue(q, d, SIZE);
         }
         pci.write(DEVICE_STATUS, u64::from(STATUS_DRIVER_OK), 1);
         assert_ne!(pci.status() & STATUS_DRIVER_OK, 0, "activated");
@@ -204,12 +209,7 @@ fn reset_of_a_device_buried_in_io_returns_at_once() {
             })
             .collect();
         for (q, d) in drivers.iter_mut().enumerate() {
-            pci.write(QUEUE_SELECT, q as u64, 2);
-            pci.write(QUEUE_SIZE, u64::from(BLK_QUEUE_SIZE), 2);
-            pci.write(QUEUE_DESC, d.mock.desc_table_addr().0, 8);
-            pci.write(QUEUE_DRIVER, d.mock.avail_addr().0, 8);
-            pci.write(QUEUE_DEVICE, d.mock.used_addr().0, 8);
-            pci.write(QUEUE_ENABLE, 1, 2);
+            pci.setup_queue(q, d, BLK_QUEUE_SIZE);
             for _ in 0..BLK_QUEUE_SIZE {
                 let idx = d.put_raw(&[(table, (16 * n) as u32, VRING_DESC_F_INDIRECT as u16, 0)]);
                 d.make_available(idx[0]);
