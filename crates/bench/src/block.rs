@@ -127,6 +127,8 @@ pub struct BlockBenchOptions {
     pub qemu_aio: QemuAio,
     /// QEMU's machine type.
     pub qemu_machine: QemuMachine,
+    /// The guest's kernel (both VMMs boot the same one).
+    pub guest_kernel: guest::GuestKernel,
 }
 
 /// QEMU's `aio=` for the image (both with `cache=writeback`, QEMU's
@@ -173,6 +175,7 @@ impl Default for BlockBenchOptions {
             warmup: true,
             qemu_aio: QemuAio::Threads,
             qemu_machine: QemuMachine::Microvm,
+            guest_kernel: guest::GuestKernel::Cloud,
         }
     }
 }
@@ -294,7 +297,7 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     if opts.runs == 0 || opts.reps == 0 {
         return Err(BenchError::NoRuns);
     }
-    let g = guest::ensure_default_guest()?;
+    let g = guest::ensure_guest(opts.guest_kernel)?;
     let qemu_bin = find_qemu()?;
     let initrd = TempFile::write("blk-initrd.cpio", &initrd_with_script(&g.initrd)?)?;
     let mut files = l1_files(&opts.vireo, &qemu_bin, &g.kernel, &initrd.path)?;
@@ -334,7 +337,7 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "Block benchmark: default guest (kernel {}, busybox initramfs), 1 vCPU, 128 MiB, \
+        "Block benchmark: guest kernel {}, the default guest's busybox initramfs, 1 vCPU, 128 MiB, \
          guest dd with O_DIRECT on /dev/vda",
         g.kernel_version
     );

@@ -48,6 +48,41 @@ pub const GUEST_MODULES: &[&str] = &[
 /// The Debian kernel flavour of the default guest.
 pub const DEFAULT_FLAVOUR: &str = "cloud-amd64";
 
+/// Which Debian kernel a guest boots: the default guest's cloud kernel, or
+/// the standard `amd64` one (the kernel of issue 3's reference measurements
+/// and of the rig's L1), with the same busybox initramfs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestKernel {
+    #[default]
+    Cloud,
+    Standard,
+}
+
+impl GuestKernel {
+    /// The Debian flavour: `linux-image-<abi>-<flavour>-unsigned`.
+    pub fn flavour(self) -> &'static str {
+        match self {
+            GuestKernel::Cloud => DEFAULT_FLAVOUR,
+            GuestKernel::Standard => "amd64",
+        }
+    }
+}
+
+impl std::str::FromStr for GuestKernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cloud" | "cloud-amd64" => Ok(GuestKernel::Cloud),
+            "standard" | "amd64" => Ok(GuestKernel::Standard),
+            other => Err(format!(
+                "unknown guest kernel {other:?}: expected cloud (Debian's cloud-amd64) \
+                 or standard (Debian's amd64)"
+            )),
+        }
+    }
+}
+
 /// Bump when the build steps change in a way the hash below cannot see.
 const RECIPE_VERSION: &str = "guest-recipe-2";
 const MANIFEST: &str = "guest.ok";
@@ -98,18 +133,25 @@ impl GuestError {
     }
 }
 
-/// The cache directory of the current recipe.
-fn guest_dir() -> Result<PathBuf, GuestError> {
+/// The cache directory of the current recipe with `kernel`.
+fn guest_dir(kernel: GuestKernel) -> Result<PathBuf, GuestError> {
     let mut wanted = String::new();
     for m in GUEST_MODULES {
         wanted.push_str(m);
         wanted.push(',');
     }
+    // The cloud kernel's hash has no flavour part, so caches built before
+    // the choice existed stay valid.
+    let flavour = match kernel {
+        GuestKernel::Cloud => "",
+        other => other.flavour(),
+    };
     let hash = fnv1a(&[
         RECIPE_VERSION.as_bytes(),
         init::template_identity().as_bytes(),
         &exitport::exit_port_program(init::EXIT_PORT),
         wanted.as_bytes(),
+        flavour.as_bytes(),
     ]);
     Ok(cache_root()?.join(format!("guest-{hash:016x}")))
 }
@@ -150,7 +192,13 @@ fn from_dir(dir: &Path) -> Result<Option<DefaultGuest>, GuestError> {
 
 /// The default guest, built on first use (downloads about 30 MB) and cached.
 pub fn ensure_default_guest() -> Result<DefaultGuest, GuestError> {
-    let dir = guest_dir()?;
+    ensure_guest(GuestKernel::Cloud)
+}
+
+/// The default guest's initramfs with `kernel`, built on first use and
+/// cached (each kernel in its own directory).
+pub fn ensure_guest(kernel: GuestKernel) -> Result<DefaultGuest, GuestError> {
+    let dir = guest_dir(kernel)?;
     if let Some(g) = from_dir(&dir)? {
         return Ok(g);
     }
@@ -159,23 +207,27 @@ pub fn ensure_default_guest() -> Result<DefaultGuest, GuestError> {
     if let Some(g) = from_dir(&dir)? {
         return Ok(g);
     }
-    build_into(&dir)
+    build_into(&dir, kernel)
 }
 
 /// Builds the default guest again (`vireo guest build`): picks the newest
 /// kernel apt offers now and rewrites the initramfs.
 pub fn rebuild_default_guest() -> Result<DefaultGuest, GuestError> {
-    let dir = guest_dir()?;
+    let dir = guest_dir(GuestKernel::Cloud)?;
     let _lock = lock(&dir)?;
-    build_into(&dir)
+    build_into(&dir, GuestKernel::Cloud)
 }
 
-fn build_into(dir: &Path) -> Result<DefaultGuest, GuestError> {
-    eprintln!("vireo: building the default guest in {}", dir.display());
+fn build_into(dir: &Path, kernel: GuestKernel) -> Result<DefaultGuest, GuestError> {
+    eprintln!(
+        "vireo: building the guest ({} kernel) in {}",
+        kernel.flavour(),
+        dir.display()
+    );
     let root = cache_root()?;
     let debs = root.join("debs");
     let fetch = || -> Result<_, GuestError> {
-        let kernel_pkg = apt::newest_kernel(DEFAULT_FLAVOUR)?;
+        let kernel_pkg = apt::newest_kernel(kernel.flavour())?;
         let kernel_deb = apt::download(&kernel_pkg, &debs)?;
         let busybox_deb = apt::download("busybox-static", &debs)?;
         Ok((kernel_pkg, kernel_deb, busybox_deb))

@@ -3,11 +3,13 @@
 //! devices, boot protocols or configuration; the layers above decide what to
 //! do with an exit.
 
+pub mod kick;
 mod vcpu;
 mod vm;
 
 pub use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
+    kvm_clock_data, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_segment, kvm_sregs,
+    CpuId, Msrs,
 };
 pub use kvm_ioctls::IoEventAddress;
 pub use vcpu::{Vcpu, VcpuExit};

@@ -98,13 +98,18 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(on.into());
     }
 
-    /// Enter the guest until the next exit that needs user space.
+    /// Enter the guest until the next exit that needs user space. The
+    /// calling thread becomes this vCPU's thread for `crate::kick`: a kick
+    /// signal to it makes this call return `Interrupted`.
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         use kvm_ioctls::VcpuExit as K;
         // kvm-ioctls hands over a port exit's data (`count * size` bytes)
         // but not the access size, which stays in kvm_run's `io` struct.
         // Keep a pointer to read it while the data slice is borrowed.
-        let run: *const kvm_run = self.fd.get_kvm_run();
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        if crate::kick::current() != run {
+            crate::kick::set_current(run);
+        }
         match self.fd.run() {
             Ok(exit) => Ok(match exit {
                 K::IoIn(port, data) => {
@@ -135,12 +140,30 @@ impl Vcpu {
                 other => VcpuExit::Other(format!("{other:?}")),
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick (see crate::kick) may have set immediate_exit;
+                // the next run must enter the guest again.
+                // SAFETY: `run` is this vCPU's kvm_run mapping, alive as
+                // long as the fd; KVM_RUN has returned, so only this thread
+                // (and its kick handler, which writes the same byte) use it.
+                unsafe {
+                    std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 0)
+                };
                 Ok(VcpuExit::Interrupted)
             }
             Err(e) => Err(Error::Kvm {
                 op: "KVM_RUN",
                 source: e,
             }),
+        }
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // The kvm_run mapping goes away with the fd: a later kick to this
+        // thread must not write to it.
+        if std::ptr::eq(crate::kick::current(), self.fd.get_kvm_run()) {
+            crate::kick::set_current(std::ptr::null_mut());
         }
     }
 }

@@ -115,6 +115,22 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(kvm_op("KVM_CREATE_PIT2"))
     }
 
+    /// The VM's kvm-clock (KVM_GET_CLOCK): the guest's clock, in ns.
+    pub fn clock(&self) -> Result<kvm_bindings::kvm_clock_data> {
+        self.fd.get_clock().map_err(kvm_op("KVM_GET_CLOCK"))
+    }
+
+    /// Set the VM's kvm-clock to `clock.clock` ns (KVM_SET_CLOCK), as read
+    /// by `clock`: the guest's clock then carries on from that value. The
+    /// flags are cleared, so KVM does not add the host time that passed.
+    pub fn set_clock(&self, clock: &kvm_bindings::kvm_clock_data) -> Result<()> {
+        let data = kvm_bindings::kvm_clock_data {
+            clock: clock.clock,
+            ..Default::default()
+        };
+        self.fd.set_clock(&data).map_err(kvm_op("KVM_SET_CLOCK"))
+    }
+
     /// Map host memory at `host_addr` into the guest at `guest_addr`.
     ///
     /// # Safety

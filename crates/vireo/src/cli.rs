@@ -81,6 +81,10 @@ pub enum BenchCommand {
         /// QEMU's machine: microvm (with PCIe, qboot) or q35 (SeaBIOS)
         #[arg(long, default_value = "microvm")]
         qemu_machine: bench::QemuMachine,
+        /// The guest kernel both VMMs boot: cloud (Debian's cloud-amd64, the
+        /// default guest's) or standard (Debian's amd64)
+        #[arg(long, default_value = "cloud")]
+        guest_kernel: guest::GuestKernel,
         /// Skip the warm-up boots
         #[arg(long)]
         no_warmup: bool,

@@ -95,6 +95,7 @@ fn bench(cmd: BenchCommand) -> ExitCode {
             random_ops,
             qemu_aio,
             qemu_machine,
+            guest_kernel,
             no_warmup,
         } => bench::run_block_bench(&bench::BlockBenchOptions {
             runs,
@@ -104,6 +105,7 @@ fn bench(cmd: BenchCommand) -> ExitCode {
             warmup: !no_warmup,
             qemu_aio,
             qemu_machine,
+            guest_kernel,
         }),
     };
     match result {

@@ -37,10 +37,18 @@ pub struct Vm {
     pub(crate) config: VmConfig,
     // Field order is drop order: vCPUs, devices (which hold the VM for MSI
     // routing and ioeventfds) and the VM go before guest memory.
+    /// vCPUs not started yet (`lifecycle::start` moves them to threads).
     pub(crate) vcpus: Vec<Vcpu>,
+    /// Running vCPU threads, joined when the VM ends.
+    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
+    pub(crate) control: Arc<crate::vcpu::VcpuControl>,
     pub(crate) buses: Arc<Buses>,
+    /// The virtio transports, for pause and resume.
+    pub(crate) virtio: Vec<Arc<Mutex<devices::virtio::transport::VirtioPciDevice>>>,
+    /// The guest's kvm-clock when it was paused.
+    pub(crate) paused_clock: Option<hypervisor::kvm_clock_data>,
     pub(crate) _pci: crate::pci::PciSegment,
-    pub(crate) _vm: Arc<hypervisor::Vm>,
+    pub(crate) vm: Arc<hypervisor::Vm>,
     pub(crate) _memory: GuestMemory,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) serial_input_ready: EventFd,
@@ -202,6 +210,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     let mut mmio = Bus::new();
     let mut pci = crate::pci::PciSegment::new(vm.clone(), config.memory_mib)?;
     pci.attach(&mut pio, &mut mmio)?;
+    let mut virtio = Vec::new();
     for d in &config.disks {
         // One queue per vCPU.
         let blk = devices::virtio::block::Block::new(
@@ -210,7 +219,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
             d.id.clone(),
             u16::from(config.vcpus),
         )?;
-        pci.add_virtio(Box::new(blk), &mem)?;
+        virtio.push(pci.add_virtio(Box::new(blk), &mem)?.0);
     }
 
     let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Load {
@@ -263,9 +272,13 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     Ok(Vm {
         config: config.clone(),
         vcpus,
+        threads: Vec::new(),
+        control: Arc::default(),
         buses: Arc::new(Buses { pio, mmio }),
+        virtio,
+        paused_clock: None,
         _pci: pci,
-        _vm: vm,
+        vm,
         _memory: mem,
         serial,
         serial_input_ready,

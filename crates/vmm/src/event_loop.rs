@@ -10,12 +10,20 @@ use crate::builder::Vm;
 use crate::config::ConsoleConfig;
 use crate::console::{self, EscapeFilter, RawTerminal};
 use crate::exit::ExitReason;
-use crate::{vcpu, Error};
+use crate::Error;
 
 const TOKEN_EXIT: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_INPUT_READY: u64 = 3;
+const TOKEN_HOOK: u64 = 4;
+
+/// Another event source the loop serves while the VM runs (the API): the
+/// loop calls `ready` with the VM whenever `fd` is readable.
+pub trait LoopHook {
+    fn fd(&self) -> RawFd;
+    fn ready(&mut self, vm: &mut Vm);
+}
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
@@ -60,7 +68,19 @@ fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
 
 impl Vm {
     /// Start the vCPUs and run until the VM ends; returns why it ended.
-    pub fn run(mut self) -> Result<ExitReason, Error> {
+    pub fn run(self) -> Result<ExitReason, Error> {
+        self.run_with(None)
+    }
+
+    /// `run`, also serving `hook`'s events. The vCPU threads are stopped
+    /// and joined before it returns.
+    pub fn run_with(mut self, hook: Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
+        let result = self.event_loop(hook);
+        self.stop_vcpus();
+        result
+    }
+
+    fn event_loop(&mut self, mut hook: Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
         let sig_fd = signal_fd()?;
         let epoll = Epoll::new().map_err(io("epoll"))?;
         let add = |fd: RawFd, token: u64| {
@@ -75,6 +95,9 @@ impl Vm {
         add(self.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
         add(sig_fd, TOKEN_SIGNAL)?;
         add(self.serial_input_ready.as_raw_fd(), TOKEN_INPUT_READY)?;
+        if let Some(h) = &hook {
+            add(h.fd(), TOKEN_HOOK)?;
+        }
         let interactive = self.config.console == ConsoleConfig::Stdio;
         let mut stdin = StdinWatch {
             open: interactive && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok(),
@@ -86,10 +109,7 @@ impl Vm {
             None
         };
 
-        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
-            vcpu::spawn(id as u8, vcpu, self.buses.clone(), self.exit.clone())
-                .map_err(io("spawn vCPU thread"))?;
-        }
+        self.start()?;
 
         let mut escape = EscapeFilter::default();
         let mut pending: Vec<u8> = Vec::new();
@@ -110,6 +130,11 @@ impl Vm {
                     TOKEN_SIGNAL => {
                         if let Some(sig) = read_signal(sig_fd) {
                             self.exit.exit(ExitReason::Signal(sig));
+                        }
+                    }
+                    TOKEN_HOOK => {
+                        if let Some(h) = hook.as_deref_mut() {
+                            h.ready(self);
                         }
                     }
                     TOKEN_INPUT_READY => {

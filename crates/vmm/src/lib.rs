@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod event_loop;
 pub mod exit;
+pub mod lifecycle;
 pub mod pci;
 pub mod vcpu;
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 pub use builder::{build, preflight, Vm};
 pub use config::{ConsoleConfig, VmConfig};
 pub use exit::ExitReason;
+pub use lifecycle::RunState;
 
 /// Everything that can stop a VM from being built or run, with the context
 /// a user needs to fix it.

@@ -20,6 +20,9 @@
 //!    no longer touches guest memory and the driver may negotiate and
 //!    activate again.
 //!
+//! 4. Pausing the VM (`pause`, `resume`) holds an activated device still
+//!    with its state intact; see `pause.rs`.
+//!
 //! Nothing the guest controls is trusted: descriptor addresses, lengths,
 //! chain lengths and config offsets are checked, and a bad request fails that
 //! request, never the VMM.
@@ -30,6 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use virtio_queue::Queue;
 
+pub mod pause;
 pub mod transport;
 
 pub mod block;
@@ -104,4 +108,12 @@ pub trait VirtioDevice: Send {
     fn reset_done(&mut self) -> bool {
         true
     }
+    /// The VM is pausing: finish the I/O in flight, then leave guest
+    /// memory and the rings alone until `resume`. Called with the vCPUs
+    /// already parked; may block until the device is quiet (bounded by the
+    /// device's in-flight limits).
+    fn pause(&mut self) {}
+    /// The VM resumes: serve the queues again, including what the driver
+    /// queued before the pause.
+    fn resume(&mut self) {}
 }

@@ -41,6 +41,7 @@ use super::disk::{self, Disk};
 use super::engine::{Completion, Engine, Op, StopFlag};
 use super::metrics::BlockMetrics;
 use super::request::{self, ChainBuf, DiskInfo, RequestError, RequestKind};
+use crate::virtio::pause::PauseGate;
 use crate::virtio::{GuestMemory, Interrupt};
 
 /// Most requests in flight per device (the io_uring engine's submission
@@ -110,6 +111,8 @@ pub struct Worker {
     /// Data bytes of the reads and writes in flight.
     bytes_in_flight: u64,
     stop: StopFlag,
+    /// Asked to hold still while the VM is paused (see `virtio::pause`).
+    pause: Arc<PauseGate>,
 }
 
 impl Worker {
@@ -154,6 +157,32 @@ impl Worker {
             flush_failed: false,
             bytes_in_flight: 0,
             stop,
+            pause: Arc::default(),
+        }
+    }
+
+    /// Use `gate` to hold the worker still while the VM is paused.
+    pub fn with_pause_gate(mut self, gate: Arc<PauseGate>) -> Self {
+        self.pause = gate;
+        self
+    }
+
+    /// Stop taking chains off the rings: the device is stopping or pausing.
+    fn holding(&self) -> bool {
+        self.stop.is_set() || self.pause.requested()
+    }
+
+    /// Paused: complete the I/O in flight, signal it, then park until the
+    /// pause ends. Returns with every queue marked to be looked at again.
+    fn hold_still(&mut self) {
+        while self.engine.in_flight() > 0 && !self.stop.is_set() {
+            self.engine.drain(&mut self.completions);
+            self.handle_completions();
+        }
+        self.signal();
+        self.pause.park();
+        for q in &mut self.queues {
+            q.more = true;
         }
     }
 
@@ -214,7 +243,12 @@ impl Worker {
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_STOP => return Ok(()),
+                    // The same eventfd wakes the worker for a stop and for
+                    // a pause; the flags say which.
+                    TOKEN_STOP if self.stop.is_set() => return Ok(()),
+                    TOKEN_STOP => {
+                        let _ = stop.read();
+                    }
                     TOKEN_ENGINE => {}
                     qi => {
                         if let Some(q) = self.queues.get_mut(qi as usize) {
@@ -231,6 +265,14 @@ impl Worker {
             self.pump();
             if self.stop.is_set() {
                 return Ok(());
+            }
+            if self.pause.requested() {
+                self.hold_still();
+                if self.stop.is_set() {
+                    return Ok(());
+                }
+                timeout = 0;
+                continue;
             }
             self.signal();
             timeout = if self.queues.iter().any(|q| q.more) {
@@ -252,7 +294,9 @@ impl Worker {
             let _ = self.queues[qi].queue.disable_notification(&self.mem);
             let mut popped = false;
             loop {
-                if self.stop.is_set() {
+                if self.holding() {
+                    // Looked at again after the pause.
+                    self.queues[qi].more = true;
                     return;
                 }
                 if budget == 0 {

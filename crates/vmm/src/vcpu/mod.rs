@@ -14,6 +14,10 @@ use hypervisor::{Vcpu, VcpuExit};
 
 use crate::exit::{ExitNotifier, ExitReason};
 
+pub mod control;
+
+pub use control::VcpuControl;
+
 /// KVM_SYSTEM_EVENT_* types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
@@ -25,26 +29,44 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
-/// Start vCPU `id` on its own thread named `vcpu<id>`. A panic on it (a
-/// device's bus handler, say) ends the VM with `ExitReason::ThreadPanicked`.
+/// Start vCPU `id` on its own thread named `vcpu<id>`, paused and stopped
+/// through `control`. A panic on it (a device's bus handler, say) ends the
+/// VM with `ExitReason::ThreadPanicked`.
 pub fn spawn(
     id: u8,
     mut vcpu: Vcpu,
     buses: Arc<Buses>,
     exit: Arc<ExitNotifier>,
+    control: Arc<VcpuControl>,
 ) -> std::io::Result<JoinHandle<()>> {
-    spawn_loop(id, exit, move || run_once(id, &mut vcpu, &buses))
+    spawn_loop(id, exit, control, move || run_once(id, &mut vcpu, &buses))
 }
 
-/// The vCPU thread: `step` until the VM has an exit reason, under the
-/// panic guard that reports to `exit`.
-fn spawn_loop<F>(id: u8, exit: Arc<ExitNotifier>, mut step: F) -> std::io::Result<JoinHandle<()>>
+/// Tells the control a vCPU thread has left its loop, also when it
+/// unwinds from a panic.
+struct Finished(Arc<VcpuControl>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+/// The vCPU thread: `step` until the VM has an exit reason or `control`
+/// stops it, under the panic guard that reports to `exit`.
+fn spawn_loop<F>(
+    id: u8,
+    exit: Arc<ExitNotifier>,
+    control: Arc<VcpuControl>,
+    mut step: F,
+) -> std::io::Result<JoinHandle<()>>
 where
     F: FnMut() -> Option<ExitReason> + Send + 'static,
 {
     let sink: Arc<dyn ThreadPanicSink> = exit.clone();
     devices::thread::spawn_with_sink(format!("vcpu{id}"), sink, move || {
-        while exit.reason().is_none() {
+        let _finished = Finished(control.clone());
+        while exit.reason().is_none() && control.checkpoint() {
             if let Some(reason) = step() {
                 exit.exit(reason);
             }
@@ -199,9 +221,10 @@ mod tests {
             mmio: Bus::new(),
         });
         let exit = Arc::new(ExitNotifier::new().unwrap());
+        let control = Arc::new(VcpuControl::default());
         // The vCPU loop as `spawn` runs it, with a guest that writes to the
         // broken device's port on its first exit.
-        let t = spawn_loop(3, exit.clone(), move || {
+        let t = spawn_loop(3, exit.clone(), control.clone(), move || {
             let exit = Ok(VcpuExit::IoOut {
                 port: 0x502,
                 size: 1,
@@ -210,6 +233,11 @@ mod tests {
             handle_exit(3, exit, &buses)
         })
         .unwrap();
+        while !t.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The thread counts as finished although it unwound.
+        assert!(control.stop(std::slice::from_ref(&t), std::time::Duration::ZERO));
         t.join().unwrap();
         assert_eq!(
             exit.reason(),

@@ -1,0 +1,112 @@
+//! A built VM's life after `build`: start the vCPU threads, pause and
+//! resume the whole machine, and stop and join the threads at the end.
+//!
+//! Pause order: vCPUs first (so no new doorbells or config accesses
+//! arrive), then each virtio device finishes its I/O in flight and parks;
+//! last the guest's kvm-clock is read. Resume is the reverse: the clock is
+//! set back to the value it had, so the guest sees no time pass while it
+//! was paused (as QEMU does), devices serve again, vCPUs are released.
+
+use std::time::Duration;
+
+use crate::builder::Vm;
+use crate::{vcpu, Error};
+
+/// How long `pause` and the final stop wait for vCPU threads to react to
+/// a kick (they need microseconds; a thread stuck in a device's handler
+/// is a bug, reported rather than waited on for ever).
+const VCPU_REACTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the VM is in its life, as the API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+impl Vm {
+    /// Start one thread per vCPU (once; later calls do nothing).
+    pub fn start(&mut self) -> Result<(), Error> {
+        hypervisor::kick::install_kick_handler().map_err(|source| Error::Io {
+            what: "install the vCPU kick signal handler",
+            source,
+        })?;
+        for (id, v) in self.vcpus.drain(..).enumerate() {
+            let t = vcpu::spawn(
+                id as u8,
+                v,
+                self.buses.clone(),
+                self.exit.clone(),
+                self.control.clone(),
+            )
+            .map_err(|source| Error::Io {
+                what: "spawn vCPU thread",
+                source,
+            })?;
+            self.threads.push(t);
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> RunState {
+        if self.control.is_paused() {
+            RunState::Paused
+        } else {
+            RunState::Running
+        }
+    }
+
+    /// Park every vCPU and device; the guest's clock stops. Pausing a
+    /// paused VM does nothing.
+    pub fn pause(&mut self) -> Result<(), Error> {
+        if self.state() == RunState::Paused {
+            return Ok(());
+        }
+        if !self.control.pause(&self.threads, VCPU_REACTION_TIMEOUT) {
+            self.control.resume();
+            return Err(Error::Io {
+                what: "pause",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "a vCPU thread did not stop in time",
+                ),
+            });
+        }
+        for t in &self.virtio {
+            devices::bus::lock(t).device_mut().pause();
+        }
+        // A VM whose clock cannot be read still pauses; its clock just
+        // runs on across the pause.
+        self.paused_clock = self.vm.clock().ok();
+        Ok(())
+    }
+
+    /// Undo `pause`. Resuming a running VM does nothing.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        if self.state() == RunState::Running {
+            return Ok(());
+        }
+        if let Some(clock) = self.paused_clock.take() {
+            self.vm.set_clock(&clock)?;
+        }
+        for t in &self.virtio {
+            devices::bus::lock(t).device_mut().resume();
+        }
+        self.control.resume();
+        Ok(())
+    }
+
+    /// End of the VM: make every vCPU thread leave its loop and join them.
+    /// A thread that does not react in time is left behind (the process
+    /// is about to exit) rather than waited on.
+    pub(crate) fn stop_vcpus(&mut self) {
+        if self.control.stop(&self.threads, VCPU_REACTION_TIMEOUT) {
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        } else {
+            eprintln!("vireo: a vCPU thread did not stop; not waiting for it");
+            self.threads.clear();
+        }
+    }
+}
