@@ -1,0 +1,110 @@
+//! The whole VM's configuration: the body of `GET /vm/config` and the
+//! format of the `--config-file` JSON. Keys are hyphenated
+//! (`"boot-source"`, `"machine-config"`, ...).
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    parse_json, validate_all, validate_opt, Balloon, BootSource, CpuConfig, Drive, EntropyDevice,
+    FieldError, Logger, MachineConfiguration, MemoryHotplugConfig, Metrics, MmdsConfig,
+    NetworkInterface, Pmem, SerialDevice, Validate, Vsock,
+};
+use crate::error::ApiError;
+
+/// Every resource of a VM, each optional. Absent resources serialize as
+/// `null` and absent device lists as `[]`, as `GET /vm/config` reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullVmConfiguration {
+    #[serde(default)]
+    pub balloon: Option<Balloon>,
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    #[serde(default, rename = "boot-source")]
+    pub boot_source: Option<BootSource>,
+    #[serde(default, rename = "cpu-config")]
+    pub cpu_config: Option<CpuConfig>,
+    #[serde(default)]
+    pub logger: Option<Logger>,
+    #[serde(default, rename = "machine-config")]
+    pub machine_config: Option<MachineConfiguration>,
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+    #[serde(default, rename = "memory-hotplug")]
+    pub memory_hotplug: Option<MemoryHotplugConfig>,
+    #[serde(default, rename = "mmds-config")]
+    pub mmds_config: Option<MmdsConfig>,
+    #[serde(default, rename = "network-interfaces")]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default)]
+    pub pmem: Vec<Pmem>,
+    #[serde(default)]
+    pub vsock: Option<Vsock>,
+    #[serde(default)]
+    pub entropy: Option<EntropyDevice>,
+    /// Vireo extension (not in Firecracker's FullVmConfiguration): the
+    /// serial console, as `PUT /serial` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialDevice>,
+}
+
+impl FullVmConfiguration {
+    /// Parses and validates a `--config-file` document.
+    pub fn from_json(json: &[u8]) -> Result<FullVmConfiguration, ApiError> {
+        parse_json("VM configuration", json)
+    }
+}
+
+fn check_unique<'a>(
+    field: &str,
+    key: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<(), FieldError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, id) in ids.enumerate() {
+        if !seen.insert(id) {
+            return Err(FieldError::new(
+                format!("{field}[{i}].{key}"),
+                format!("duplicate id {id:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Validate for FullVmConfiguration {
+    fn validate(&self) -> Result<(), FieldError> {
+        validate_opt("balloon", &self.balloon)?;
+        validate_all("drives", &self.drives)?;
+        check_unique(
+            "drives",
+            "drive_id",
+            self.drives.iter().map(|d| d.drive_id.as_str()),
+        )?;
+        let roots = self.drives.iter().filter(|d| d.is_root_device).count();
+        if roots > 1 {
+            return Err(FieldError::new(
+                "drives",
+                "at most one drive may have is_root_device",
+            ));
+        }
+        validate_opt("boot-source", &self.boot_source)?;
+        validate_opt("cpu-config", &self.cpu_config)?;
+        validate_opt("logger", &self.logger)?;
+        validate_opt("machine-config", &self.machine_config)?;
+        validate_opt("metrics", &self.metrics)?;
+        validate_opt("memory-hotplug", &self.memory_hotplug)?;
+        validate_opt("mmds-config", &self.mmds_config)?;
+        validate_all("network-interfaces", &self.network_interfaces)?;
+        check_unique(
+            "network-interfaces",
+            "iface_id",
+            self.network_interfaces.iter().map(|n| n.iface_id.as_str()),
+        )?;
+        validate_all("pmem", &self.pmem)?;
+        check_unique("pmem", "id", self.pmem.iter().map(|p| p.id.as_str()))?;
+        validate_opt("vsock", &self.vsock)?;
+        validate_opt("entropy", &self.entropy)?;
+        validate_opt("serial", &self.serial)
+    }
+}
