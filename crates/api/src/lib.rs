@@ -6,6 +6,7 @@
 //! [`VmmRequest`]s and answers each with an [`ApiResponse`].
 //! See docs/api.md for the design.
 
+pub mod client;
 pub mod error;
 mod http;
 pub mod models;

@@ -17,6 +17,7 @@ use crate::size;
     long_about = "Vireo boots Linux guests in lightweight KVM virtual machines.\n\n\
         Run `vireo run` to boot the default guest (a Debian kernel with a busybox shell,\n\
         prepared on first use and cached), or give your own kernel with --kernel.",
+    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  \
         vireo run                                  boot the default guest, interactive shell\n  \
         vireo run -- uname -a                      run one command in the default guest\n  \
@@ -24,11 +25,101 @@ use crate::size;
         vireo run --kernel bzImage --initrd initrd.cpio --cmdline 'rdinit=/bin/sh'\n  \
         vireo guest build                          prepare the default guest now\n  \
         vireo bench boot                           boot-time benchmark against QEMU\n  \
-        vireo bench block                          disk I/O benchmark against QEMU (nested rig)"
+        vireo bench block                          disk I/O benchmark against QEMU (nested rig)\n  \
+        vireo --api-sock /tmp/vireo.sock           Firecracker-compatible REST API (then PUT /boot-source, ...)\n  \
+        vireo --no-api --config-file vm.json       boot a Firecracker JSON configuration\n  \
+        vireo ctl --api-sock /tmp/vireo.sock info  drive a running Vireo without curl\n\n\
+        Without a subcommand Vireo behaves as the `firecracker` binary does (same flags, same API),\n\
+        so `ln -s $(command -v vireo) firecracker` makes it a drop-in for Firecracker's tools."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
+}
+
+/// Firecracker's process flags, with the same meaning.
+#[derive(Args, Debug)]
+pub struct FirecrackerArgs {
+    /// Serve the REST API on this Unix socket (it must not exist yet)
+    #[arg(long, value_name = "PATH", help_heading = "Firecracker mode")]
+    pub api_sock: Option<PathBuf>,
+    /// The instance id the API reports
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = "anonymous-instance",
+        help_heading = "Firecracker mode"
+    )]
+    pub id: String,
+    /// Boot the VM this Firecracker JSON configuration describes, at once
+    #[arg(long, value_name = "FILE", help_heading = "Firecracker mode")]
+    pub config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file)
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub no_api: bool,
+    /// Put virtio devices on PCI (the default in Firecracker mode is
+    /// virtio-mmio, as with Firecracker)
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub enable_pci: bool,
+    /// Log the guest's boot time when it signals boot completion
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub boot_timer: bool,
+    /// Write the log to this file or FIFO
+    #[arg(long, value_name = "PATH", help_heading = "Firecracker mode")]
+    pub log_path: Option<PathBuf>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off
+    #[arg(long, value_name = "LEVEL", help_heading = "Firecracker mode")]
+    pub level: Option<String>,
+    /// Show the level in each log line
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub show_level: bool,
+    /// Show the origin (file:line) in each log line
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub show_log_origin: bool,
+    /// Write metrics (JSON lines) to this file or FIFO
+    #[arg(long, value_name = "PATH", help_heading = "Firecracker mode")]
+    pub metrics_path: Option<PathBuf>,
+    /// The largest API request body, in bytes
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 51200,
+        help_heading = "Firecracker mode"
+    )]
+    pub http_api_max_payload_size: usize,
+    /// A seccomp filter to install (not implemented yet: issue 9)
+    #[arg(long, value_name = "FILE", help_heading = "Firecracker mode")]
+    pub seccomp_filter: Option<PathBuf>,
+    /// Run without seccomp filters (Vireo has none yet: issue 9)
+    #[arg(long, help_heading = "Firecracker mode")]
+    pub no_seccomp: bool,
+    /// Vireo's own: run the VM inside the nested emulation rig: auto (when
+    /// /dev/kvm cannot run stock kernels), always, or never
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "auto",
+        help_heading = "Firecracker mode"
+    )]
+    pub emulate: rig::EmulateMode,
+    /// Accepted for compatibility: Firecracker's process start time (us)
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_us: Option<u64>,
+    /// Accepted for compatibility: Firecracker's process CPU start time (us)
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_cpu_us: Option<u64>,
+    /// Accepted for compatibility: the jailer's CPU time (us)
+    #[arg(long, value_name = "US", hide = true)]
+    pub parent_cpu_time_us: Option<u64>,
+}
+
+impl FirecrackerArgs {
+    /// Whether any Firecracker-mode flag was given.
+    pub fn requested(&self) -> bool {
+        self.api_sock.is_some() || self.config_file.is_some() || self.no_api
+    }
 }
 
 #[derive(Subcommand)]
@@ -43,6 +134,48 @@ pub enum Command {
     Bench(BenchCommand),
     /// Report whether this host's /dev/kvm can run guests directly
     Host,
+    /// Drive a running Vireo (or Firecracker) through its API socket
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    vireo ctl --api-sock /tmp/vireo.sock info\n  \
+    vireo ctl --api-sock /tmp/vireo.sock pause\n  \
+    vireo ctl --api-sock /tmp/vireo.sock resume\n  \
+    vireo ctl --api-sock /tmp/vireo.sock config\n  \
+    vireo ctl --api-sock /tmp/vireo.sock ctrl-alt-del\n  \
+    vireo ctl --api-sock /tmp/vireo.sock raw GET /machine-config")]
+pub struct CtlArgs {
+    /// The API socket of the VMM
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum CtlAction {
+    /// The instance: id, state (Not started, Running, Paused), version
+    Info,
+    /// The whole VM configuration (GET /vm/config)
+    Config,
+    /// Pause the VM (vCPUs and devices stop; the guest's clock stops)
+    Pause,
+    /// Resume a paused VM
+    Resume,
+    /// Start a configured VM (InstanceStart)
+    Start,
+    /// Send Ctrl-Alt-Del to the guest (a stock guest reboots, and Vireo exits)
+    CtrlAltDel,
+    /// Write the metrics now (FlushMetrics)
+    FlushMetrics,
+    /// Any request: METHOD PATH [JSON BODY]
+    Raw {
+        method: String,
+        path: String,
+        body: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,7 +379,7 @@ mod tests {
         let mut full = vec!["vireo", "run"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full)?.command {
-            Command::Run(r) => Ok(r),
+            Some(Command::Run(r)) => Ok(r),
             _ => unreachable!(),
         }
     }
@@ -316,6 +449,40 @@ mod tests {
             assert!(run_args(&["--disk", bad]).is_err(), "{bad}");
         }
         assert!(run_args(&["--disk", "path=/a,id=123456789012345678901"]).is_err());
+    }
+
+    #[test]
+    fn firecracker_flags_parse_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "vireo",
+            "--api-sock",
+            "/tmp/fc.sock",
+            "--id",
+            "vm7",
+            "--level",
+            "Debug",
+            "--no-seccomp",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.firecracker.requested());
+        assert_eq!(
+            cli.firecracker.api_sock,
+            Some(PathBuf::from("/tmp/fc.sock"))
+        );
+        assert_eq!(cli.firecracker.id, "vm7");
+        // A subcommand and Firecracker flags do not mix.
+        assert!(Cli::try_parse_from(["vireo", "--api-sock", "/s", "run"]).is_err());
+        let ctl = Cli::try_parse_from(["vireo", "ctl", "--api-sock", "/s", "pause"]).unwrap();
+        match ctl.command {
+            Some(Command::Ctl(c)) => {
+                assert_eq!(c.action, CtlAction::Pause);
+                let (m, p, b) = crate::ctl::request_of(&c.action);
+                assert_eq!((m.as_str(), p.as_str()), ("PATCH", "/vm"));
+                assert_eq!(b.as_deref(), Some(r#"{"state": "Paused"}"#));
+            }
+            _ => panic!("not ctl"),
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! as one line and an exit status.
 
 mod cli;
+mod ctl;
+mod firecracker;
 mod size;
 
 use std::process::ExitCode;
@@ -12,13 +14,26 @@ use clap::Parser;
 use cli::{BenchCommand, Cli, Command, GuestCommand, RunArgs};
 use rig::{EmulateMode, HostKvm};
 
+/// Whether this binary was started under the name `firecracker` (a
+/// symlink), where Firecracker's defaults apply even without flags.
+fn invoked_as_firecracker() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n == "firecracker")
+        })
+        .unwrap_or(false)
+}
+
 /// Print one clear line and return the failure status.
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("vireo: error: {msg}");
     ExitCode::from(1)
 }
 
-fn exit_code(code: i32) -> ExitCode {
+pub(crate) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
@@ -124,7 +139,15 @@ fn bench(cmd: BenchCommand) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        if cli.firecracker.requested() || invoked_as_firecracker() {
+            return firecracker::main(&cli.firecracker);
+        }
+        let _ = <Cli as clap::CommandFactory>::command().print_help();
+        return ExitCode::from(2);
+    };
+    match command {
+        Command::Ctl(args) => ctl::main(&args),
         Command::Run(args) => run(&args),
         Command::Guest(GuestCommand::Build) => match guest::rebuild_default_guest() {
             Ok(g) => {

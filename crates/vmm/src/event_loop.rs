@@ -29,9 +29,10 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Block SIGINT/SIGTERM in this thread (and the threads it starts) and
-/// return a signalfd that receives them.
-fn signal_fd() -> Result<RawFd, Error> {
+/// Block SIGINT/SIGTERM in this thread (and the threads it starts later)
+/// and return a signalfd that receives them. Threads started before keep
+/// their own mask: call this before starting any.
+pub fn signal_fd() -> Result<RawFd, Error> {
     // SAFETY: sigset operations on a local, zeroed set.
     let fd = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -47,7 +48,8 @@ fn signal_fd() -> Result<RawFd, Error> {
     Ok(fd)
 }
 
-fn read_signal(fd: RawFd) -> Option<i32> {
+/// The signal a signalfd from `signal_fd` has for us, if any.
+pub fn read_signal(fd: RawFd) -> Option<i32> {
     // SAFETY: signalfd_siginfo is plain data; read fills it.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();

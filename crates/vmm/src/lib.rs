@@ -3,6 +3,7 @@
 //! loop (`event_loop`), the console's host side (`console`) and why a VM
 //! ended (`exit`).
 
+pub mod api_control;
 pub mod builder;
 pub mod config;
 pub mod console;
@@ -10,6 +11,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod lifecycle;
 pub mod pci;
+pub mod resources;
 pub mod vcpu;
 
 use std::path::PathBuf;

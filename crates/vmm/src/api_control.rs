@@ -1,0 +1,372 @@
+//! The VMM side of the REST API: what each request does to the VM.
+//!
+//! The API server (crate `api`) parses and validates requests on its own
+//! thread and hands each one over a channel as a `VmmRequest`. Before the
+//! guest starts, `Controller::preboot` builds up the Firecracker-shaped
+//! configuration (`FullVmConfiguration`); `InstanceStart` turns it into a
+//! `VmConfig` (`resources::to_vm_config`), builds and starts the VM. From
+//! then on the VMM thread's event loop serves requests through `ApiHook`
+//! with the running VM at hand (`Controller::runtime`). Status codes and
+//! messages follow Firecracker's: 204 on success, 400 with a fault message
+//! for a request that cannot be carried out in the current state.
+
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::mpsc::Receiver;
+
+use api::models::{
+    ActionType, Drive, FirecrackerVersion, FullVmConfiguration, InstanceInfo, InstanceState,
+    VmState,
+};
+use api::{ApiRequest, ApiResponse, VmmRequest};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::Vm;
+use crate::event_loop::LoopHook;
+use crate::lifecycle::RunState;
+
+/// Firecracker's words for a request in the wrong phase.
+const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
+const BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+
+/// What a pre-boot request asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preboot {
+    /// Answer this.
+    Reply(ApiResponse),
+    /// `InstanceStart`: build and start the VM from `config`, then answer
+    /// 204 (or 400 with why it could not start).
+    Start,
+}
+
+/// The API's view of one VMM process: its id and the configuration.
+pub struct Controller {
+    id: String,
+    /// The configuration as requests built it (also `GET /vm/config`).
+    pub config: FullVmConfiguration,
+    started: bool,
+}
+
+fn bad(msg: impl std::fmt::Display) -> ApiResponse {
+    ApiResponse::fault(400, &msg.to_string())
+}
+
+fn not_yet(what: &str, issue: u32) -> ApiResponse {
+    bad(format!(
+        "{what} is not supported by this version of Vireo yet (issue {issue})"
+    ))
+}
+
+impl Controller {
+    pub fn new(id: impl Into<String>) -> Self {
+        Controller {
+            id: id.into(),
+            config: FullVmConfiguration::default(),
+            started: false,
+        }
+    }
+
+    /// A controller for a VM configured by a file and started at once.
+    pub fn with_config(id: impl Into<String>, config: FullVmConfiguration) -> Self {
+        Controller {
+            config,
+            ..Controller::new(id)
+        }
+    }
+
+    /// Mark the VM as started (after a successful `Start`).
+    pub fn set_started(&mut self) {
+        self.started = true;
+    }
+
+    fn info(&self, state: InstanceState) -> ApiResponse {
+        ApiResponse::ok_json(&InstanceInfo {
+            app_name: "vireo".into(),
+            id: self.id.clone(),
+            state,
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    /// Requests answered the same way in both phases; None for the rest.
+    fn common(&self, req: &ApiRequest) -> Option<ApiResponse> {
+        Some(match req {
+            ApiRequest::GetVersion => ApiResponse::ok_json(&FirecrackerVersion {
+                firecracker_version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            ApiRequest::GetVmConfig => ApiResponse::ok_json(&self.config),
+            ApiRequest::GetMachineConfig => {
+                ApiResponse::ok_json(&self.config.machine_config.clone().unwrap_or_default())
+            }
+            ApiRequest::DescribeBalloonConfig
+            | ApiRequest::DescribeBalloonStats
+            | ApiRequest::PatchBalloon(_)
+            | ApiRequest::PatchBalloonStatsInterval(_)
+            | ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::DescribeBalloonHinting
+            | ApiRequest::StopBalloonHinting => not_yet("the balloon device", 7),
+            ApiRequest::PutMmds(_)
+            | ApiRequest::PatchMmds(_)
+            | ApiRequest::GetMmds
+            | ApiRequest::PutMmdsConfig(_) => bad("MMDS is not supported by Vireo"),
+            ApiRequest::GetMemoryHotplug | ApiRequest::PatchMemoryHotplug(_) => {
+                not_yet("memory hotplug (virtio-mem)", 7)
+            }
+            ApiRequest::CreateSnapshot(_) | ApiRequest::LoadSnapshot(_) => not_yet("snapshots", 8),
+            ApiRequest::PatchNetworkInterface(_) => not_yet("virtio-net", 6),
+            ApiRequest::PatchPmem(_) => bad("virtio-pmem is not supported by Vireo"),
+            _ => return None,
+        })
+    }
+
+    /// Serve one request before the guest starts.
+    pub fn preboot(&mut self, req: ApiRequest) -> Preboot {
+        if let Some(r) = self.common(&req) {
+            return Preboot::Reply(r);
+        }
+        let done = Preboot::Reply(ApiResponse::no_content());
+        let c = &mut self.config;
+        match req {
+            ApiRequest::DescribeInstance => {
+                return Preboot::Reply(self.info(InstanceState::NotStarted))
+            }
+            ApiRequest::CreateSyncAction(a) => match a.action_type {
+                ActionType::InstanceStart => return Preboot::Start,
+                ActionType::SendCtrlAltDel => return Preboot::Reply(bad(BEFORE_START)),
+                // Nothing to flush before the VM runs; Firecracker answers
+                // 204 once metrics are configured.
+                ActionType::FlushMetrics => {}
+            },
+            ApiRequest::PutBootSource(b) => c.boot_source = Some(b),
+            ApiRequest::PutMachineConfig(m) => c.machine_config = Some(m),
+            ApiRequest::PatchMachineConfig(u) => {
+                let base = c.machine_config.clone().unwrap_or_default();
+                match u.apply(&base) {
+                    Ok(m) => c.machine_config = Some(m),
+                    Err(e) => {
+                        return Preboot::Reply(bad(format!(
+                            "invalid machine configuration: {}: {}",
+                            e.field, e.reason
+                        )))
+                    }
+                }
+            }
+            ApiRequest::PutDrive(d) => put_drive(&mut c.drives, d),
+            ApiRequest::PatchDrive(p) => {
+                let Some(d) = c.drives.iter_mut().find(|d| d.drive_id == p.drive_id) else {
+                    return Preboot::Reply(bad(format!(
+                        "drive {:?} does not exist; PUT /drives/{0} first",
+                        p.drive_id
+                    )));
+                };
+                if let Some(path) = p.path_on_host {
+                    d.path_on_host = Some(path);
+                }
+                if p.rate_limiter.is_some() {
+                    d.rate_limiter = p.rate_limiter;
+                }
+            }
+            ApiRequest::PutSerial(s) => c.serial = Some(s),
+            ApiRequest::PutLogger(l) => c.logger = Some(l),
+            ApiRequest::PutMetrics(m) => c.metrics = Some(m),
+            // Stored so GET /vm/config shows them; InstanceStart refuses
+            // what Vireo cannot build yet, naming the field.
+            ApiRequest::PutNetworkInterface(n) => {
+                c.network_interfaces.retain(|x| x.iface_id != n.iface_id);
+                c.network_interfaces.push(n);
+            }
+            ApiRequest::PutVsock(v) => c.vsock = Some(v),
+            ApiRequest::PutBalloon(b) => c.balloon = Some(b),
+            ApiRequest::PutEntropy(e) => c.entropy = Some(e),
+            ApiRequest::PutCpuConfig(cc) => c.cpu_config = Some(cc),
+            ApiRequest::PutMemoryHotplug(m) => c.memory_hotplug = Some(m),
+            ApiRequest::PutPmem(p) => {
+                c.pmem.retain(|x| x.id != p.id);
+                c.pmem.push(p);
+            }
+            ApiRequest::PatchVm(_) => return Preboot::Reply(bad(BEFORE_START)),
+            // Answered by `common`.
+            _ => {}
+        }
+        done
+    }
+
+    /// Serve one request while the VM runs.
+    pub fn runtime(&mut self, req: ApiRequest, vm: &mut Vm) -> ApiResponse {
+        if let Some(r) = self.common(&req) {
+            return r;
+        }
+        match req {
+            ApiRequest::DescribeInstance => self.info(match vm.state() {
+                RunState::Running => InstanceState::Running,
+                RunState::Paused => InstanceState::Paused,
+            }),
+            ApiRequest::PatchVm(v) => {
+                let result = match v.state {
+                    VmState::Paused => vm.pause(),
+                    VmState::Resumed => vm.resume(),
+                };
+                match result {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::fault(500, &e.to_string()),
+                }
+            }
+            ApiRequest::CreateSyncAction(a) => match a.action_type {
+                ActionType::InstanceStart => bad(AFTER_START),
+                ActionType::FlushMetrics => ApiResponse::no_content(),
+                ActionType::SendCtrlAltDel => {
+                    bad("SendCtrlAltDel is not supported by this version of Vireo yet (issue 12)")
+                }
+            },
+            ApiRequest::PatchDrive(_) => {
+                bad("changing a drive of a running VM is not supported by this version of Vireo yet (issue 12)")
+            }
+            _ => bad(AFTER_START),
+        }
+    }
+}
+
+/// PUT /drives/{id}: replace the drive with that id, or add it at the end.
+fn put_drive(drives: &mut Vec<Drive>, d: Drive) {
+    match drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
+        Some(slot) => *slot = d,
+        None => drives.push(d),
+    }
+}
+
+/// Serves the API from the VM's event loop: the server writes `wake` after
+/// each request it queues.
+pub struct ApiHook<'a> {
+    pub controller: &'a mut Controller,
+    pub requests: &'a Receiver<VmmRequest>,
+    pub wake: &'a EventFd,
+}
+
+impl LoopHook for ApiHook<'_> {
+    fn fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    fn ready(&mut self, vm: &mut Vm) {
+        let _ = self.wake.read();
+        while let Ok(r) = self.requests.try_recv() {
+            let response = self.controller.runtime(r.request, vm);
+            let _ = r.reply.send(response);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::{parse_request, Method};
+
+    fn req(method: Method, path: &str, body: &str) -> ApiRequest {
+        parse_request(method.as_str(), path, body.as_bytes()).unwrap()
+    }
+
+    fn reply(c: &mut Controller, method: Method, path: &str, body: &str) -> ApiResponse {
+        match c.preboot(req(method, path, body)) {
+            Preboot::Reply(r) => r,
+            Preboot::Start => panic!("unexpected start"),
+        }
+    }
+
+    #[test]
+    fn preboot_requests_build_the_configuration() {
+        let mut c = Controller::new("vm-1");
+        let ok = |r: ApiResponse| assert_eq!(r.status, 204, "{r:?}");
+        ok(reply(
+            &mut c,
+            Method::Put,
+            "/boot-source",
+            r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#,
+        ));
+        ok(reply(
+            &mut c,
+            Method::Put,
+            "/machine-config",
+            r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+        ));
+        ok(reply(
+            &mut c,
+            Method::Patch,
+            "/machine-config",
+            r#"{"mem_size_mib": 512}"#,
+        ));
+        ok(reply(
+            &mut c,
+            Method::Put,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/a", "is_root_device": true, "is_read_only": false}"#,
+        ));
+        // PUT again replaces, PATCH changes the path.
+        ok(reply(
+            &mut c,
+            Method::Put,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/b", "is_root_device": true, "is_read_only": false}"#,
+        ));
+        ok(reply(
+            &mut c,
+            Method::Patch,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/c"}"#,
+        ));
+        assert_eq!(c.config.drives.len(), 1);
+        let vm = crate::resources::to_vm_config(&c.config).unwrap();
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
+        assert_eq!(vm.disks[0].path, std::path::PathBuf::from("/c"));
+
+        let info = reply(&mut c, Method::Get, "/", "");
+        assert_eq!(info.status, 200);
+        assert!(info.body.unwrap().contains("\"Not started\""));
+        let cfg = reply(&mut c, Method::Get, "/vm/config", "");
+        assert!(cfg.body.unwrap().contains("\"mem_size_mib\":512"));
+        let start = req(
+            Method::Put,
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#,
+        );
+        assert_eq!(c.preboot(start), Preboot::Start);
+    }
+
+    #[test]
+    fn wrong_phase_and_unknown_drives_get_400_with_a_reason() {
+        let mut c = Controller::new("x");
+        for (m, path, body, needle) in [
+            (
+                Method::Patch,
+                "/vm",
+                r#"{"state": "Paused"}"#,
+                "before starting",
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type": "SendCtrlAltDel"}"#,
+                "before starting",
+            ),
+            (
+                Method::Patch,
+                "/drives/nope",
+                r#"{"drive_id": "nope", "path_on_host": "/x"}"#,
+                "does not exist",
+            ),
+            (Method::Get, "/balloon", "", "issue 7"),
+            (
+                Method::Put,
+                "/snapshot/create",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+                "issue 8",
+            ),
+        ] {
+            let r = reply(&mut c, m, path, body);
+            assert_eq!(r.status, 400, "{path}");
+            let body = r.body.unwrap();
+            assert!(
+                body.contains("fault_message") && body.contains(needle),
+                "{path}: {body}"
+            );
+        }
+    }
+}

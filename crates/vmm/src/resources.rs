@@ -1,0 +1,280 @@
+//! Firecracker's configuration (the `--config-file` JSON and what the API's
+//! pre-boot requests build up, both an `api::models::FullVmConfiguration`)
+//! turned into the one `VmConfig` the builder takes. `vireo run`'s flags
+//! make a `VmConfig` directly; this is the only place the Firecracker shape
+//! is converted, for the file and the API alike.
+//!
+//! What maps: `boot-source` (kernel, initrd, boot_args), `machine-config`
+//! (vcpu_count, mem_size_mib), `drives` (path_on_host, is_read_only,
+//! is_root_device, partuuid, drive_id as the disk's serial), `serial`
+//! (serial_out_path). What a VM in this version of Vireo cannot have yet is
+//! refused with the field named, rather than silently dropped: network
+//! interfaces, vsock, balloon, entropy, pmem, memory hotplug, vhost-user
+//! drives, huge pages, dirty-page tracking, CPU templates and SMT.
+
+use std::path::PathBuf;
+
+use api::models::{CpuTemplate, FullVmConfiguration, HugePages};
+
+use crate::config::{ConsoleConfig, DiskConfig, VmConfig};
+
+/// GET_ID serials are at most 20 bytes (virtio-blk).
+const SERIAL_MAX: usize = 20;
+
+/// Why a Firecracker configuration cannot become a VM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResourceError {
+    #[error(
+        "no boot source: PUT /boot-source (or \"boot-source\" in the config file) names the kernel"
+    )]
+    NoBootSource,
+    #[error("{field}: {what} is not supported by this version of Vireo yet")]
+    Unsupported { field: String, what: String },
+    #[error("drives: more than one root device ({first} and {second})")]
+    TwoRoots { first: String, second: String },
+    #[error("machine-config.mem_size_mib: {0} MiB is too large")]
+    Memory(usize),
+}
+
+fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ResourceError {
+    ResourceError::Unsupported {
+        field: field.into(),
+        what: what.into(),
+    }
+}
+
+/// Refuse the parts of `fc` Vireo cannot build yet.
+fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
+    let issue = |what: &str, n: u32| format!("{what} (issue {n})");
+    if !fc.network_interfaces.is_empty() {
+        return Err(unsupported("network-interfaces", issue("virtio-net", 6)));
+    }
+    if fc.vsock.is_some() {
+        return Err(unsupported("vsock", issue("virtio-vsock", 6)));
+    }
+    if fc.entropy.is_some() {
+        return Err(unsupported("entropy", issue("virtio-rng", 6)));
+    }
+    if fc.balloon.is_some() {
+        return Err(unsupported("balloon", issue("virtio-balloon", 7)));
+    }
+    if fc.memory_hotplug.is_some() {
+        return Err(unsupported("memory-hotplug", issue("virtio-mem", 7)));
+    }
+    if !fc.pmem.is_empty() {
+        return Err(unsupported("pmem", "virtio-pmem"));
+    }
+    if let Some(m) = &fc.machine_config {
+        if m.huge_pages != HugePages::None {
+            return Err(unsupported(
+                "machine-config.huge_pages",
+                issue("huge pages", 7),
+            ));
+        }
+        if m.track_dirty_pages {
+            return Err(unsupported(
+                "machine-config.track_dirty_pages",
+                issue("dirty page tracking", 8),
+            ));
+        }
+        if m.cpu_template != CpuTemplate::None {
+            return Err(unsupported("machine-config.cpu_template", "CPU templates"));
+        }
+    }
+    if fc.cpu_config.is_some() {
+        return Err(unsupported("cpu-config", "custom CPU templates"));
+    }
+    for (i, d) in fc.drives.iter().enumerate() {
+        if d.socket.is_some() {
+            return Err(unsupported(
+                format!("drives[{i}].socket"),
+                "vhost-user block devices",
+            ));
+        }
+        if d.rate_limiter.is_some() {
+            return Err(unsupported(
+                format!("drives[{i}].rate_limiter"),
+                "block rate limiting",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `root=` argument for the root drive (Firecracker's convention: the
+/// root device is the first disk, /dev/vda, or its partition by PARTUUID).
+fn root_arg(partuuid: Option<&str>, readonly: bool) -> String {
+    let dev = match partuuid {
+        Some(uuid) => format!("root=PARTUUID={uuid}"),
+        None => "root=/dev/vda".to_string(),
+    };
+    format!("{dev} {}", if readonly { "ro" } else { "rw" })
+}
+
+/// The VM `fc` describes. The root drive, if any, becomes the first disk
+/// (vda) and adds `root=` to the command line, as with Firecracker; other
+/// drives follow in the order they were configured.
+pub fn to_vm_config(fc: &FullVmConfiguration) -> Result<VmConfig, ResourceError> {
+    check_supported(fc)?;
+    let boot = fc.boot_source.as_ref().ok_or(ResourceError::NoBootSource)?;
+    let mut config = VmConfig::new(PathBuf::from(&boot.kernel_image_path));
+    config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
+    let mut cmdline = boot.boot_args.clone().unwrap_or_default();
+
+    let machine = fc.machine_config.clone().unwrap_or_default();
+    config.vcpus = machine.vcpu_count;
+    config.memory_mib = u64::try_from(machine.mem_size_mib)
+        .map_err(|_| ResourceError::Memory(machine.mem_size_mib))?;
+
+    let mut root: Option<&api::models::Drive> = None;
+    for d in &fc.drives {
+        if d.is_root_device {
+            if let Some(first) = root {
+                return Err(ResourceError::TwoRoots {
+                    first: first.drive_id.clone(),
+                    second: d.drive_id.clone(),
+                });
+            }
+            root = Some(d);
+        }
+    }
+    let ordered = root
+        .into_iter()
+        .chain(fc.drives.iter().filter(|d| !d.is_root_device));
+    for d in ordered {
+        let readonly = d.is_read_only.unwrap_or(false);
+        config.disks.push(DiskConfig {
+            path: PathBuf::from(d.path_on_host.as_deref().unwrap_or_default()),
+            readonly,
+            id: Some(serial_of(&d.drive_id)),
+        });
+    }
+    if let Some(r) = root {
+        let arg = root_arg(r.partuuid.as_deref(), r.is_read_only.unwrap_or(false));
+        cmdline = format!("{cmdline} {arg}").trim().to_string();
+    }
+    config.cmdline = cmdline;
+    if let Some(path) = fc.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
+        config.console = ConsoleConfig::File(PathBuf::from(path));
+    }
+    Ok(config)
+}
+
+/// The drive id as the disk's serial: its first 20 bytes, cut at a
+/// character boundary.
+fn serial_of(id: &str) -> String {
+    let mut end = id.len().min(SERIAL_MAX);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> FullVmConfiguration {
+        FullVmConfiguration::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn firecracker_getting_started_config_becomes_a_vm_config() {
+        let fc = parse(
+            r#"{
+              "boot-source": {"kernel_image_path": "/k/vmlinux",
+                              "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"},
+              "drives": [
+                {"drive_id": "scratch", "path_on_host": "/d/scratch.img",
+                 "is_root_device": false, "is_read_only": true},
+                {"drive_id": "rootfs", "path_on_host": "/d/rootfs.ext4",
+                 "is_root_device": true, "is_read_only": false}
+              ],
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024},
+              "serial": {"serial_out_path": "/tmp/console.log"}
+            }"#,
+        );
+        let c = to_vm_config(&fc).unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!((c.vcpus, c.memory_mib), (2, 1024));
+        // The root drive is vda, whatever order the drives came in.
+        assert_eq!(c.disks[0].path, PathBuf::from("/d/rootfs.ext4"));
+        assert_eq!(c.disks[0].id.as_deref(), Some("rootfs"));
+        assert!(!c.disks[0].readonly);
+        assert_eq!(c.disks[1].path, PathBuf::from("/d/scratch.img"));
+        assert!(c.disks[1].readonly);
+        assert_eq!(
+            c.cmdline,
+            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw"
+        );
+        assert_eq!(c.console, ConsoleConfig::File("/tmp/console.log".into()));
+    }
+
+    #[test]
+    fn defaults_match_firecracker_and_partuuid_roots_work() {
+        let fc = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "drives": [{"drive_id": "r", "path_on_host": "/r", "is_root_device": true,
+                            "is_read_only": true, "partuuid": "0eaa91a0-01"}]}"#,
+        );
+        let c = to_vm_config(&fc).unwrap();
+        // Firecracker's machine-config defaults: 1 vCPU, 128 MiB.
+        assert_eq!((c.vcpus, c.memory_mib), (1, 128));
+        assert_eq!(c.cmdline, "root=PARTUUID=0eaa91a0-01 ro");
+        assert_eq!(c.console, ConsoleConfig::Stdio);
+    }
+
+    #[test]
+    fn what_vireo_cannot_build_yet_is_refused_by_field() {
+        assert_eq!(
+            to_vm_config(&parse("{}")).unwrap_err(),
+            ResourceError::NoBootSource
+        );
+        for (json, field) in [
+            (
+                r#""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]"#,
+                "network-interfaces",
+            ),
+            (
+                r#""vsock": {"guest_cid": 3, "uds_path": "/v.sock"}"#,
+                "vsock",
+            ),
+            (
+                r#""machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+                "machine-config.huge_pages",
+            ),
+        ] {
+            let fc = parse(&format!(
+                r#"{{"boot-source": {{"kernel_image_path": "/k"}}, {json}}}"#
+            ));
+            let err = to_vm_config(&fc).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn two_root_drives_are_refused() {
+        // The API's validation refuses this already; the conversion does
+        // not rely on it.
+        let fc: FullVmConfiguration = serde_json::from_str(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "drives": [
+                  {"drive_id": "a", "path_on_host": "/a", "is_root_device": true, "is_read_only": false},
+                  {"drive_id": "b", "path_on_host": "/b", "is_root_device": true, "is_read_only": false}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            to_vm_config(&fc),
+            Err(ResourceError::TwoRoots { .. })
+        ));
+    }
+
+    #[test]
+    fn long_drive_ids_are_cut_to_a_serial() {
+        assert_eq!(
+            serial_of("abcdefghijklmnopqrstuvwxyz"),
+            "abcdefghijklmnopqrst"
+        );
+        assert_eq!(serial_of("ééééééééééé"), "éééééééééé");
+    }
+}

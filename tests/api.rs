@@ -1,0 +1,394 @@
+//! The Firecracker-compatible API, natively on this host's /dev/kvm with
+//! the minimal PVH guest (a few hundred bytes the bench crate builds, which
+//! even a PVM-backed KVM runs): the process model (socket served before
+//! any guest, configure, InstanceStart), the state errors, pause and
+//! resume (a paused guest prints nothing), stalled and concurrent clients
+//! while the VM runs, `vireo ctl`, and `--no-api --config-file`.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use api::client::{request, Reply};
+use common::QUICK_TIMEOUT;
+
+const MARKER: &str = "VIREO-BENCH-MARKER";
+const T: Duration = Duration::from_secs(20);
+
+fn have_kvm() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("skipped: this host has no /dev/kvm");
+    }
+    ok
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let p =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// The minimal guest made to print its marker for ever: the reset at its
+/// end becomes a short delay loop and a jump back to the start.
+fn looping_guest() -> PathBuf {
+    let mut elf = bench::minimal_guest_elf();
+    // done: mov al, 0xfe; out 0x64, al; hlt; jmp halt
+    let tail = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+    let at = (0..elf.len() - tail.len())
+        .find(|&i| elf[i..i + tail.len()] == tail)
+        .expect("the guest's reset sequence");
+    // mov ecx, 0x100000; loop $; jmp <code + 1> (the `mov esi, msg`).
+    let new = [0xb9, 0x00, 0x00, 0x10, 0x00, 0xe2, 0xfe, 0xeb, 0xe4];
+    elf[at..at + new.len()].copy_from_slice(&new);
+    let p = scratch("looping.elf");
+    std::fs::write(&p, &elf).unwrap();
+    p
+}
+
+fn minimal_guest() -> PathBuf {
+    let p = scratch("minimal.elf");
+    std::fs::write(&p, bench::minimal_guest_elf()).unwrap();
+    p
+}
+
+/// A `vireo --api-sock` process, killed when dropped.
+struct Vmm {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Vmm {
+    fn start(name: &str) -> Vmm {
+        let sock = scratch(&format!("{name}.sock"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .args([
+                "--api-sock",
+                sock.to_str().unwrap(),
+                "--id",
+                name,
+                "--emulate=never",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start vireo");
+        let deadline = Instant::now() + QUICK_TIMEOUT;
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "the API socket never accepted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Vmm { child, sock }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        request(&self.sock, method, path, body, T)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let r = self.call(method, path, Some(body));
+        assert_eq!(r.status, 204, "{method} {path} {body}: {}", r.body);
+    }
+
+    /// Expect 400 with a fault message containing `needle`.
+    fn refused(&self, method: &str, path: &str, body: Option<&str>, needle: &str) {
+        let r = self.call(method, path, body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let msg = j["fault_message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{method} {path}: {msg}");
+    }
+
+    /// PUT /boot-source and /serial: `kernel`, console output to `console`.
+    fn boot_source(&self, kernel: &Path, console: &Path) {
+        self.ok(
+            "PUT",
+            "/boot-source",
+            &format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+        );
+        self.ok(
+            "PUT",
+            "/serial",
+            &format!(r#"{{"serial_out_path": "{}"}}"#, console.display()),
+        );
+    }
+
+    fn state(&self) -> String {
+        let r = self.call("GET", "/", None);
+        assert_eq!(r.status, 200);
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        j["state"].as_str().unwrap().to_string()
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> Option<i32> {
+        // SAFETY: signalling our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "SIGTERM did not stop vireo");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Wait until the console file grows past `than`.
+fn grows(p: &Path, than: u64) -> bool {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if size(p) > than {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn configure_start_pause_resume_and_state_errors() {
+    if !have_kvm() {
+        return;
+    }
+    let vmm = Vmm::start("lifecycle");
+    let console = scratch("lifecycle.console");
+    let kernel = looping_guest();
+
+    // Before boot.
+    assert_eq!(vmm.state(), "Not started");
+    vmm.refused(
+        "PATCH",
+        "/vm",
+        Some(r#"{"state": "Paused"}"#),
+        "before starting",
+    );
+    vmm.refused(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+        "boot source",
+    );
+    vmm.refused(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0, "mem_size_mib": 64}"#),
+        "vcpu_count",
+    );
+    vmm.refused(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": 3}"#),
+        "kernel_image_path",
+    );
+    vmm.refused("PUT", "/nothing-here", Some("{}"), "Invalid request");
+    vmm.boot_source(&kernel, &console);
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
+    );
+    let cfg = vmm.call("GET", "/vm/config", None);
+    assert!(cfg.body.contains("\"vcpu_count\":2"), "{}", cfg.body);
+
+    // Boot.
+    vmm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(vmm.state(), "Running");
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains(MARKER)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no marker on the console after InstanceStart"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // After boot: pre-boot resources and a second start are refused.
+    vmm.refused(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+        "after starting",
+    );
+    vmm.refused(
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path": "{}"}}"#,
+            kernel.display()
+        )),
+        "after starting",
+    );
+
+    // Pause: the guest stops printing; resume: it goes on.
+    for _ in 0..2 {
+        vmm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+        assert_eq!(vmm.state(), "Paused");
+        let at_pause = size(&console);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(size(&console), at_pause, "a paused guest printed");
+        // Pausing twice is fine.
+        vmm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+        vmm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+        assert_eq!(vmm.state(), "Running");
+        assert!(grows(&console, at_pause), "a resumed guest printed nothing");
+    }
+
+    // `vireo ctl` drives the same socket.
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--api-sock", vmm.sock.to_str().unwrap()];
+        all.extend_from_slice(args);
+        common::vireo(&all, QUICK_TIMEOUT)
+    };
+    let info = ctl(&["info"]);
+    info.assert_code(0);
+    assert!(info.stdout.contains("\"Running\""), "{}", info.dump());
+    ctl(&["pause"]).assert_code(0);
+    assert_eq!(vmm.state(), "Paused");
+    ctl(&["resume"]).assert_code(0);
+    let again = ctl(&["start"]);
+    again.assert_code(1);
+    assert!(again.stderr.contains("after starting"), "{}", again.dump());
+
+    // SIGTERM ends it like `vireo run`, and the socket goes away.
+    let sock = vmm.sock.clone();
+    assert_eq!(vmm.stop(), Some(128 + libc::SIGTERM));
+    assert!(!sock.exists(), "the API socket was left behind");
+}
+
+#[test]
+fn stalled_and_concurrent_clients_while_the_vm_runs() {
+    if !have_kvm() {
+        return;
+    }
+    let vmm = Vmm::start("clients");
+    let kernel = looping_guest();
+    let console = scratch("clients.console");
+    vmm.boot_source(&kernel, &console);
+    vmm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+
+    // A client that sends half a request and stalls, one that sends
+    // garbage, and idle keep-alive connections.
+    let mut stalled = UnixStream::connect(&vmm.sock).unwrap();
+    stalled
+        .write_all(b"PATCH /vm HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"sta")
+        .unwrap();
+    let mut garbage = UnixStream::connect(&vmm.sock).unwrap();
+    garbage.write_all(&[0xff; 300]).unwrap();
+    let idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&vmm.sock).unwrap())
+        .collect();
+
+    // Meanwhile many clients at once are all served.
+    let sock = vmm.sock.clone();
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let r = if i % 2 == 0 {
+                        request(&sock, "GET", "/", None, T).unwrap()
+                    } else {
+                        request(&sock, "GET", "/machine-config", None, T).unwrap()
+                    };
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // A body over the limit is refused; the VM keeps running.
+    let big = format!(r#"{{"kernel_image_path": "{}"}}"#, "x".repeat(60_000));
+    let r = vmm.call("PUT", "/boot-source", Some(&big));
+    assert!(
+        r.status == 413 || r.status == 400,
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    assert_eq!(vmm.state(), "Running");
+    let before = size(&console);
+    assert!(
+        grows(&console, before),
+        "the guest stopped while clients misbehaved"
+    );
+    drop((stalled, garbage, idle));
+}
+
+#[test]
+fn config_file_without_api_boots_and_exits_with_the_guest() {
+    if !have_kvm() {
+        return;
+    }
+    let kernel = minimal_guest();
+    let console = scratch("file.console");
+    let cfg = scratch("vm.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 32}},
+                "serial": {{"serial_out_path": "{}"}}}}"#,
+            kernel.display(),
+            console.display()
+        ),
+    )
+    .unwrap();
+    let o = common::vireo(
+        &[
+            "--no-api",
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--emulate=never",
+        ],
+        QUICK_TIMEOUT,
+    );
+    // The minimal guest prints its marker and resets: exit status 0.
+    o.assert_code(0);
+    assert!(std::fs::read_to_string(&console).unwrap().contains(MARKER));
+
+    // Bad process input: one clear line each.
+    let o = common::vireo(&["--no-api"], QUICK_TIMEOUT);
+    assert_eq!(o.code, Some(1), "{}", o.dump());
+    assert!(o.stderr.contains("--config-file"), "{}", o.dump());
+    std::fs::write(
+        &cfg,
+        r#"{"boot-source": {"kernel_image_path": "/k"}, "cpus": 3}"#,
+    )
+    .unwrap();
+    let o = common::vireo(
+        &["--no-api", "--config-file", cfg.to_str().unwrap()],
+        QUICK_TIMEOUT,
+    );
+    assert_eq!(o.code, Some(1), "{}", o.dump());
+    assert!(o.stderr.contains("cpus"), "{}", o.dump());
+    // An existing socket path is refused, not reused.
+    let taken = scratch("taken.sock");
+    std::fs::write(&taken, "").unwrap();
+    let o = common::vireo(&["--api-sock", taken.to_str().unwrap()], QUICK_TIMEOUT);
+    assert_eq!(o.code, Some(1), "{}", o.dump());
+    assert!(o.stderr.contains("exists"), "{}", o.dump());
+}
