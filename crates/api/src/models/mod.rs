@@ -135,3 +135,6 @@ fn validate_all<T: Validate>(field: &str, values: &[T]) -> Result<(), FieldError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
