@@ -297,4 +297,31 @@ fn full_config_file() {
         .unwrap_err()
         .to_string();
     assert!(m.contains("trailing"), "{m}");
+    let m = FullVmConfiguration::from_config_file(b"{}")
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("boot-source"), "{m}");
+}
+
+#[test]
+fn cpu_config_in_a_config_file_is_a_path_or_inline() {
+    let c = FullVmConfiguration::from_json(br#"{"cpu-config": "/t.json"}"#).unwrap();
+    assert_eq!(c.cpu_config, Some(CpuConfigSource::File("/t.json".into())));
+    let c =
+        FullVmConfiguration::from_json(br#"{"cpu-config": {"kvm_capabilities": ["1"]}}"#).unwrap();
+    assert!(matches!(c.cpu_config, Some(CpuConfigSource::Inline(_))));
+    let out = serde_json::to_value(&c).unwrap();
+    assert_eq!(out["cpu-config"]["kvm_capabilities"][0], "1");
+    let m = FullVmConfiguration::from_json(br#"{"cpu-config": {"nope": 1}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("cpu-config") && m.contains("nope"), "{m}");
+    let m = FullVmConfiguration::from_json(br#"{"cpu-config": {"kvm_capabilities": ["z"]}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("cpu-config.kvm_capabilities[0]"), "{m}");
+    let m = FullVmConfiguration::from_json(br#"{"cpu-config": ""}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("cpu-config"), "{m}");
 }
