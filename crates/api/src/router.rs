@@ -196,75 +196,46 @@ use BodyRule::{None as NoBody, Optional, Required};
 use Method::{Get, Patch, Put};
 
 /// Every route of the API, in the order of the OpenAPI document.
+#[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    route(Get, "/", Op::DescribeInstance, NoBody),
-    route(Put, "/actions", Op::CreateSyncAction, Required),
-    route(Get, "/balloon", Op::DescribeBalloonConfig, NoBody),
-    route(Put, "/balloon", Op::PutBalloon, Required),
-    route(Patch, "/balloon", Op::PatchBalloon, Required),
-    route(Get, "/balloon/statistics", Op::DescribeBalloonStats, NoBody),
-    route(
-        Patch,
-        "/balloon/statistics",
-        Op::PatchBalloonStatsInterval,
-        Required,
-    ),
-    route(
-        Patch,
-        "/balloon/hinting/start",
-        Op::StartBalloonHinting,
-        Optional,
-    ),
-    route(
-        Get,
-        "/balloon/hinting/status",
-        Op::DescribeBalloonHinting,
-        NoBody,
-    ),
-    route(
-        Patch,
-        "/balloon/hinting/stop",
-        Op::StopBalloonHinting,
-        NoBody,
-    ),
-    route(Put, "/boot-source", Op::PutBootSource, Required),
-    route(Put, "/cpu-config", Op::PutCpuConfig, Required),
-    route(Put, "/drives/{drive_id}", Op::PutDrive, Required),
-    route(Patch, "/drives/{drive_id}", Op::PatchDrive, Required),
-    route(Put, "/pmem/{id}", Op::PutPmem, Required),
-    route(Patch, "/pmem/{id}", Op::PatchPmem, Required),
-    route(Put, "/logger", Op::PutLogger, Required),
-    route(Get, "/machine-config", Op::GetMachineConfig, NoBody),
-    route(Put, "/machine-config", Op::PutMachineConfig, Required),
-    route(Patch, "/machine-config", Op::PatchMachineConfig, Required),
-    route(Put, "/metrics", Op::PutMetrics, Required),
-    route(Put, "/mmds", Op::PutMmds, Required),
-    route(Patch, "/mmds", Op::PatchMmds, Required),
-    route(Get, "/mmds", Op::GetMmds, NoBody),
-    route(Put, "/mmds/config", Op::PutMmdsConfig, Required),
-    route(Put, "/entropy", Op::PutEntropy, Required),
-    route(Put, "/serial", Op::PutSerial, Required),
-    route(Put, "/hotplug/memory", Op::PutMemoryHotplug, Required),
-    route(Patch, "/hotplug/memory", Op::PatchMemoryHotplug, Required),
-    route(Get, "/hotplug/memory", Op::GetMemoryHotplug, NoBody),
-    route(
-        Put,
-        "/network-interfaces/{iface_id}",
-        Op::PutNetworkInterface,
-        Required,
-    ),
-    route(
-        Patch,
-        "/network-interfaces/{iface_id}",
-        Op::PatchNetworkInterface,
-        Required,
-    ),
-    route(Put, "/snapshot/create", Op::CreateSnapshot, Required),
-    route(Put, "/snapshot/load", Op::LoadSnapshot, Required),
-    route(Get, "/version", Op::GetVersion, NoBody),
-    route(Patch, "/vm", Op::PatchVm, Required),
-    route(Get, "/vm/config", Op::GetVmConfig, NoBody),
-    route(Put, "/vsock", Op::PutVsock, Required),
+    route(Get,   "/",                               Op::DescribeInstance,          NoBody),
+    route(Put,   "/actions",                        Op::CreateSyncAction,          Required),
+    route(Get,   "/balloon",                        Op::DescribeBalloonConfig,     NoBody),
+    route(Put,   "/balloon",                        Op::PutBalloon,                Required),
+    route(Patch, "/balloon",                        Op::PatchBalloon,              Required),
+    route(Get,   "/balloon/statistics",             Op::DescribeBalloonStats,      NoBody),
+    route(Patch, "/balloon/statistics",             Op::PatchBalloonStatsInterval, Required),
+    route(Patch, "/balloon/hinting/start",          Op::StartBalloonHinting,       Optional),
+    route(Get,   "/balloon/hinting/status",         Op::DescribeBalloonHinting,    NoBody),
+    route(Patch, "/balloon/hinting/stop",           Op::StopBalloonHinting,        NoBody),
+    route(Put,   "/boot-source",                    Op::PutBootSource,             Required),
+    route(Put,   "/cpu-config",                     Op::PutCpuConfig,              Required),
+    route(Put,   "/drives/{drive_id}",              Op::PutDrive,                  Required),
+    route(Patch, "/drives/{drive_id}",              Op::PatchDrive,                Required),
+    route(Put,   "/pmem/{id}",                      Op::PutPmem,                   Required),
+    route(Patch, "/pmem/{id}",                      Op::PatchPmem,                 Required),
+    route(Put,   "/logger",                         Op::PutLogger,                 Required),
+    route(Get,   "/machine-config",                 Op::GetMachineConfig,          NoBody),
+    route(Put,   "/machine-config",                 Op::PutMachineConfig,          Required),
+    route(Patch, "/machine-config",                 Op::PatchMachineConfig,        Required),
+    route(Put,   "/metrics",                        Op::PutMetrics,                Required),
+    route(Put,   "/mmds",                           Op::PutMmds,                   Required),
+    route(Patch, "/mmds",                           Op::PatchMmds,                 Required),
+    route(Get,   "/mmds",                           Op::GetMmds,                   NoBody),
+    route(Put,   "/mmds/config",                    Op::PutMmdsConfig,             Required),
+    route(Put,   "/entropy",                        Op::PutEntropy,                Required),
+    route(Put,   "/serial",                         Op::PutSerial,                 Required),
+    route(Put,   "/hotplug/memory",                 Op::PutMemoryHotplug,          Required),
+    route(Patch, "/hotplug/memory",                 Op::PatchMemoryHotplug,        Required),
+    route(Get,   "/hotplug/memory",                 Op::GetMemoryHotplug,          NoBody),
+    route(Put,   "/network-interfaces/{iface_id}",  Op::PutNetworkInterface,       Required),
+    route(Patch, "/network-interfaces/{iface_id}",  Op::PatchNetworkInterface,     Required),
+    route(Put,   "/snapshot/create",                Op::CreateSnapshot,            Required),
+    route(Put,   "/snapshot/load",                  Op::LoadSnapshot,              Required),
+    route(Get,   "/version",                        Op::GetVersion,                NoBody),
+    route(Patch, "/vm",                             Op::PatchVm,                   Required),
+    route(Get,   "/vm/config",                      Op::GetVmConfig,               NoBody),
+    route(Put,   "/vsock",                          Op::PutVsock,                  Required),
 ];
 
 /// Matches `path` against a template; on a match returns the path id, if
@@ -337,25 +308,21 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest
         Op::StopBalloonHinting => ApiRequest::StopBalloonHinting,
         Op::PutBootSource => ApiRequest::PutBootSource(parse_json("boot source", body)?),
         Op::PutCpuConfig => ApiRequest::PutCpuConfig(parse_json("CPU config", body)?),
-        Op::PutDrive => {
-            let d: Drive = with_path_id("drive_id", id, body, "drive")?;
-            same_id("drive_id", id, &d.drive_id)?;
-            ApiRequest::PutDrive(d)
-        }
-        Op::PatchDrive => {
-            let d: PartialDrive = with_path_id("drive_id", id, body, "drive update")?;
-            same_id("drive_id", id, &d.drive_id)?;
-            ApiRequest::PatchDrive(d)
-        }
-        Op::PutPmem => {
-            let p: Pmem = with_path_id("id", id, body, "pmem device")?;
-            same_id("id", id, &p.id)?;
-            ApiRequest::PutPmem(p)
-        }
+        Op::PutDrive => ApiRequest::PutDrive(by_id("drive_id", id, body, "drive", |d: &Drive| {
+            &d.drive_id
+        })?),
+        Op::PatchDrive => ApiRequest::PatchDrive(by_id(
+            "drive_id",
+            id,
+            body,
+            "drive update",
+            |d: &PartialDrive| &d.drive_id,
+        )?),
+        Op::PutPmem => ApiRequest::PutPmem(by_id("id", id, body, "pmem device", |p: &Pmem| &p.id)?),
         Op::PatchPmem => {
-            let p: PartialPmem = with_path_id("id", id, body, "pmem update")?;
-            same_id("id", id, &p.id)?;
-            ApiRequest::PatchPmem(p)
+            ApiRequest::PatchPmem(by_id("id", id, body, "pmem update", |p: &PartialPmem| {
+                &p.id
+            })?)
         }
         Op::PutLogger => ApiRequest::PutLogger(parse_json("logger", body)?),
         Op::GetMachineConfig => ApiRequest::GetMachineConfig,
@@ -379,17 +346,20 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest
             ApiRequest::PatchMemoryHotplug(parse_json("memory hotplug update", body)?)
         }
         Op::GetMemoryHotplug => ApiRequest::GetMemoryHotplug,
-        Op::PutNetworkInterface => {
-            let n: NetworkInterface = with_path_id("iface_id", id, body, "network interface")?;
-            same_id("iface_id", id, &n.iface_id)?;
-            ApiRequest::PutNetworkInterface(n)
-        }
-        Op::PatchNetworkInterface => {
-            let n: PartialNetworkInterface =
-                with_path_id("iface_id", id, body, "network interface update")?;
-            same_id("iface_id", id, &n.iface_id)?;
-            ApiRequest::PatchNetworkInterface(n)
-        }
+        Op::PutNetworkInterface => ApiRequest::PutNetworkInterface(by_id(
+            "iface_id",
+            id,
+            body,
+            "network interface",
+            |n: &NetworkInterface| &n.iface_id,
+        )?),
+        Op::PatchNetworkInterface => ApiRequest::PatchNetworkInterface(by_id(
+            "iface_id",
+            id,
+            body,
+            "network interface update",
+            |n: &PartialNetworkInterface| &n.iface_id,
+        )?),
         Op::CreateSnapshot => ApiRequest::CreateSnapshot(parse_json("snapshot create", body)?),
         Op::LoadSnapshot => ApiRequest::LoadSnapshot(parse_json("snapshot load", body)?),
         Op::GetVersion => ApiRequest::GetVersion,
@@ -399,29 +369,28 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest
     })
 }
 
-/// Checks the path id, then parses the body.
-fn with_path_id<T: serde::de::DeserializeOwned + Validate>(
-    what: &'static str,
-    id: &str,
+/// A body for a path with an id: checks the path id, parses the body and
+/// requires the body's id (`body_id`) to be the path's.
+fn by_id<T: serde::de::DeserializeOwned + Validate>(
+    field: &'static str,
+    path_id: &str,
     body: &[u8],
     resource: &'static str,
+    body_id: impl Fn(&T) -> &str,
 ) -> Result<T, ApiError> {
-    check_id(what, id).map_err(|e| ApiError::InvalidPathId {
-        what,
+    check_id(field, path_id).map_err(|e| ApiError::InvalidPathId {
+        what: field,
         reason: format!("{}: {}", e.field, e.reason),
     })?;
-    parse_json(resource, body)
-}
-
-fn same_id(field: &'static str, path_id: &str, body_id: &str) -> Result<(), ApiError> {
-    if path_id != body_id {
+    let value: T = parse_json(resource, body)?;
+    if body_id(&value) != path_id {
         return Err(ApiError::IdMismatch {
             field,
             path_id: path_id.to_string(),
-            body_id: body_id.to_string(),
+            body_id: body_id(&value).to_string(),
         });
     }
-    Ok(())
+    Ok(value)
 }
 
 /// MMDS contents: any JSON object.
@@ -438,3 +407,7 @@ fn mmds_object(body: &[u8]) -> Result<Value, ApiError> {
     }
     Ok(value)
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

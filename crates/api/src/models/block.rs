@@ -22,8 +22,9 @@ pub enum IoEngine {
     Async,
 }
 
-/// A block device. Either `path_on_host` and `is_read_only` (virtio-blk) or
-/// `socket` (vhost-user-blk) is given, never both.
+/// A block device: virtio-blk with `path_on_host` (and optionally
+/// `is_read_only`, false when absent), or vhost-user-blk with `socket` and
+/// neither of those.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
@@ -45,30 +46,27 @@ pub struct Drive {
     pub socket: Option<String>,
 }
 
+impl Drive {
+    /// Whether the guest may only read the drive (`is_read_only`, default false).
+    pub fn read_only(&self) -> bool {
+        self.is_read_only.unwrap_or(false)
+    }
+}
+
 impl Validate for Drive {
     fn validate(&self) -> Result<(), FieldError> {
         check_id("drive_id", &self.drive_id)?;
         match &self.socket {
-            None => {
-                match &self.path_on_host {
-                    None => {
-                        return Err(FieldError::new(
-                            "path_on_host",
-                            "required for a virtio-block drive (one without socket)",
-                        ))
-                    }
-                    Some(p) if p.is_empty() => {
-                        return Err(FieldError::new("path_on_host", "must not be empty"))
-                    }
-                    Some(_) => {}
-                }
-                if self.is_read_only.is_none() {
+            None => match self.path_on_host.as_deref() {
+                None => {
                     return Err(FieldError::new(
-                        "is_read_only",
-                        "required for a virtio-block drive (one without socket)",
-                    ));
+                        "path_on_host",
+                        "required, unless socket names a vhost-user backend",
+                    ))
                 }
-            }
+                Some("") => return Err(FieldError::new("path_on_host", "must not be empty")),
+                Some(_) => {}
+            },
             Some(_) => {
                 for (field, given) in [
                     ("path_on_host", self.path_on_host.is_some()),

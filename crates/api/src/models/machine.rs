@@ -64,21 +64,31 @@ impl Default for MachineConfiguration {
     }
 }
 
-fn check_shape(vcpus: u8, mem_mib: usize, smt: bool, huge: HugePages) -> Result<(), FieldError> {
+fn check_vcpus(vcpus: u8) -> Result<(), FieldError> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(FieldError::new(
             "vcpu_count",
             format!("must be between 1 and {MAX_VCPUS}, got {vcpus}"),
         ));
     }
+    Ok(())
+}
+
+fn check_mem(mem_mib: usize) -> Result<(), FieldError> {
+    if mem_mib == 0 {
+        return Err(FieldError::new("mem_size_mib", "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_shape(vcpus: u8, mem_mib: usize, smt: bool, huge: HugePages) -> Result<(), FieldError> {
+    check_vcpus(vcpus)?;
+    check_mem(mem_mib)?;
     if smt && vcpus > 1 && vcpus % 2 == 1 {
         return Err(FieldError::new(
             "vcpu_count",
             format!("must be 1 or even when smt is enabled, got {vcpus}"),
         ));
-    }
-    if mem_mib == 0 {
-        return Err(FieldError::new("mem_size_mib", "must be at least 1"));
     }
     if huge == HugePages::Hugetlbfs2M && mem_mib % 2 == 1 {
         return Err(FieldError::new(
@@ -136,18 +146,8 @@ impl MachineConfigUpdate {
 
 impl Validate for MachineConfigUpdate {
     fn validate(&self) -> Result<(), FieldError> {
-        if let Some(v) = self.vcpu_count {
-            if v == 0 || v > MAX_VCPUS {
-                return Err(FieldError::new(
-                    "vcpu_count",
-                    format!("must be between 1 and {MAX_VCPUS}, got {v}"),
-                ));
-            }
-        }
-        if self.mem_size_mib == Some(0) {
-            return Err(FieldError::new("mem_size_mib", "must be at least 1"));
-        }
-        Ok(())
+        self.vcpu_count.map_or(Ok(()), check_vcpus)?;
+        self.mem_size_mib.map_or(Ok(()), check_mem)
     }
 }
 

@@ -39,7 +39,7 @@ pub use snapshot::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotHugePages,
     SnapshotLoadParams, SnapshotType, VsockOverride,
 };
-pub use vm_config::FullVmConfiguration;
+pub use vm_config::{CpuConfigSource, FullVmConfiguration};
 
 use serde::de::DeserializeOwned;
 
@@ -62,8 +62,13 @@ impl FieldError {
 
     /// The same error, its field placed under `parent` (`drives[0].drive_id`).
     pub fn within(self, parent: &str) -> FieldError {
+        let field = if self.field.is_empty() {
+            parent.to_string()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
         FieldError {
-            field: format!("{parent}.{}", self.field),
+            field,
             reason: self.reason,
         }
     }
@@ -135,3 +140,6 @@ fn validate_all<T: Validate>(field: &str, values: &[T]) -> Result<(), FieldError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{FieldError, Validate};
 
-/// A log level. Parsing ignores case (`"debug"`, `"DEBUG"`, `"Debug"`).
+/// A log level. Parsing ignores case (`"debug"`, `"DEBUG"`, `"Debug"`) and
+/// takes `"warn"` for `Warning`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum LogLevel {
     Error,
@@ -23,7 +24,7 @@ impl<'de> Deserialize<'de> for LogLevel {
         let s = String::deserialize(de)?;
         match s.to_ascii_lowercase().as_str() {
             "error" => Ok(LogLevel::Error),
-            "warning" => Ok(LogLevel::Warning),
+            "warning" | "warn" => Ok(LogLevel::Warning),
             "info" => Ok(LogLevel::Info),
             "debug" => Ok(LogLevel::Debug),
             "trace" => Ok(LogLevel::Trace),

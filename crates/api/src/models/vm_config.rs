@@ -2,7 +2,7 @@
 //! format of the `--config-file` JSON. Keys are hyphenated
 //! (`"boot-source"`, `"machine-config"`, ...).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     parse_json, validate_all, validate_opt, Balloon, BootSource, CpuConfig, Drive, EntropyDevice,
@@ -10,6 +10,40 @@ use super::{
     NetworkInterface, Pmem, SerialDevice, Validate, Vsock,
 };
 use crate::error::ApiError;
+
+/// The `"cpu-config"` entry: in a config file, Firecracker takes the path
+/// of a CPU template file; `GET /vm/config` reports the template itself.
+/// Both forms are accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CpuConfigSource {
+    /// A JSON file holding a [`CpuConfig`], for the VMM to read.
+    File(String),
+    Inline(CpuConfig),
+}
+
+impl<'de> Deserialize<'de> for CpuConfigSource {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<CpuConfigSource, D::Error> {
+        match serde_json::Value::deserialize(de)? {
+            serde_json::Value::String(path) => Ok(CpuConfigSource::File(path)),
+            value => CpuConfig::deserialize(value)
+                .map(CpuConfigSource::Inline)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Validate for CpuConfigSource {
+    fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            CpuConfigSource::File(p) if p.is_empty() => {
+                Err(FieldError::new("", "the template path must not be empty"))
+            }
+            CpuConfigSource::File(_) => Ok(()),
+            CpuConfigSource::Inline(c) => c.validate(),
+        }
+    }
+}
 
 /// Every resource of a VM, each optional. Absent resources serialize as
 /// `null` and absent device lists as `[]`, as `GET /vm/config` reports them.
@@ -23,7 +57,7 @@ pub struct FullVmConfiguration {
     #[serde(default, rename = "boot-source")]
     pub boot_source: Option<BootSource>,
     #[serde(default, rename = "cpu-config")]
-    pub cpu_config: Option<CpuConfig>,
+    pub cpu_config: Option<CpuConfigSource>,
     #[serde(default)]
     pub logger: Option<Logger>,
     #[serde(default, rename = "machine-config")]
@@ -49,9 +83,23 @@ pub struct FullVmConfiguration {
 }
 
 impl FullVmConfiguration {
-    /// Parses and validates a `--config-file` document.
+    /// Parses and validates a configuration document.
     pub fn from_json(json: &[u8]) -> Result<FullVmConfiguration, ApiError> {
         parse_json("VM configuration", json)
+    }
+
+    /// Parses and validates a `--config-file` document, which must name a
+    /// boot source (as in Firecracker).
+    pub fn from_config_file(json: &[u8]) -> Result<FullVmConfiguration, ApiError> {
+        let config = FullVmConfiguration::from_json(json)?;
+        if config.boot_source.is_none() {
+            return Err(ApiError::InvalidField {
+                resource: "VM configuration",
+                field: "boot-source".to_string(),
+                reason: "required in a config file".to_string(),
+            });
+        }
+        Ok(config)
     }
 }
 
