@@ -82,6 +82,7 @@ fn drives_reach_l1_and_writes_reach_the_host() {
             host: img.clone(),
             readonly: false,
         }],
+        control: None,
     };
     let out = rig::qemu::run_l1(&run);
     let after = std::fs::read(&img).unwrap();

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// One API response. `body`, when present, is a JSON document.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ApiResponse {
     pub status: u16,
     pub body: Option<String>,

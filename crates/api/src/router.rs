@@ -8,8 +8,10 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::models::*;
 
-/// One operation of the API, its body parsed and validated.
-#[derive(Clone, Debug, PartialEq)]
+/// One operation of the API, its body parsed and validated. Serializable
+/// so a request can be relayed whole to a VMM in another process (the
+/// nested rig's).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ApiRequest {
     /// `GET /`
     DescribeInstance,

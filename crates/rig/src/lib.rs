@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use l1::add_executable;
-pub use nested::{run_nested, run_nested_with_binary};
+pub use nested::{run_nested, run_nested_api, run_nested_with_binary};
 
 /// When `vireo run` uses the rig.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,6 +170,7 @@ pub fn run_l1_script(
         cpus: 2,
         forward_log: false,
         drives: Vec::new(),
+        control: None,
     })
 }
 

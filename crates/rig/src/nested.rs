@@ -24,12 +24,30 @@ pub fn run_nested(config: &VmConfig, interactive: bool) -> Result<i32, RigError>
     run_nested_with_binary(config, interactive, &exe)
 }
 
+/// [`run_nested_with_binary`] driven through the API: the inner vireo
+/// serves API requests relayed over `control` (a listening Unix socket
+/// that becomes L1's ttyS2; see `vireo --control-tty`) instead of a
+/// terminal. The console is never interactive.
+pub fn run_nested_api(config: &VmConfig, control: &Path, id: &str) -> Result<i32, RigError> {
+    let exe = std::env::current_exe().map_err(|e| RigError::io(Path::new("/proc/self/exe"), e))?;
+    nested(config, false, &exe, Some((control, id)))
+}
+
 /// [`run_nested`] with an explicit vireo binary (for callers that are not
 /// the vireo binary themselves, such as tests and benchmarks).
 pub fn run_nested_with_binary(
     config: &VmConfig,
     interactive: bool,
     vireo: &Path,
+) -> Result<i32, RigError> {
+    nested(config, interactive, vireo, None)
+}
+
+fn nested(
+    config: &VmConfig,
+    interactive: bool,
+    vireo: &Path,
+    control: Option<(&Path, &str)>,
 ) -> Result<i32, RigError> {
     match probe_host_kvm() {
         HostKvm::Unusable(why) => eprintln!(
@@ -58,7 +76,7 @@ pub fn run_nested_with_binary(
         (ConsoleConfig::File(p), _) => Ttys0::File(p.clone()),
     };
     run_l1(&L1Run {
-        script: run_script(interactive),
+        script: run_script(interactive, control.map(|(_, id)| id)),
         files,
         timeout: None,
         console,
@@ -66,6 +84,7 @@ pub fn run_nested_with_binary(
         cpus: u32::from(config.vcpus),
         forward_log: true,
         drives,
+        control: control.map(|(sock, _)| sock.to_path_buf()),
     })
     .map(|o| o.exit_code)
 }
@@ -129,9 +148,21 @@ fn check_readable(path: &Path, what: &str) -> Result<(), RigError> {
         .map_err(|e| RigError::io(path, e))
 }
 
-/// `/rig/run.sh` for a nested `vireo run`.
-fn run_script(interactive: bool) -> String {
-    let vireo = format!("{L1_VIREO} run --config {L1_CONFIG} --emulate=never");
+/// The tty the API relay reaches L1 on (the third serial port).
+pub const L1_CONTROL_TTY: &str = "/dev/ttyS2";
+
+/// `/rig/run.sh` for a nested `vireo run`, or with `relay` (the instance
+/// id) for a VM driven through the API relay.
+fn run_script(interactive: bool, relay: Option<&str>) -> String {
+    let vireo = if let Some(id) = relay {
+        format!(
+            "{L1_VIREO} --no-api --vm-config {L1_CONFIG} --control-tty {L1_CONTROL_TTY} \
+             --emulate=never --id {}",
+            guest::shell_quote(id)
+        )
+    } else {
+        format!("{L1_VIREO} run --config {L1_CONFIG} --emulate=never")
+    };
     if interactive {
         // A new session with ttyS0 as controlling terminal, so the inner
         // vireo can put it in raw mode and pass every key to the guest.
@@ -192,7 +223,9 @@ mod tests {
 
     #[test]
     fn run_script_routes_streams() {
-        assert!(run_script(false).contains("</dev/null >/dev/ttyS0 2>/dev/ttyS1"));
-        assert!(run_script(true).contains("setsid -c"));
+        assert!(run_script(false, None).contains("</dev/null >/dev/ttyS0 2>/dev/ttyS1"));
+        assert!(run_script(false, Some("vm 1")).contains("--control-tty /dev/ttyS2"));
+        assert!(run_script(false, Some("vm 1")).contains("--id 'vm 1'"));
+        assert!(run_script(true, None).contains("setsid -c"));
     }
 }

@@ -59,6 +59,9 @@ pub struct L1Run {
     /// Host files or block devices given to L1 as virtio-blk drives; drive
     /// N appears in L1 as `/rig/disk-N` (see [`l1_disk_path`]).
     pub drives: Vec<L1Drive>,
+    /// A Unix socket, listening, that QEMU connects to as L1's ttyS2: a
+    /// byte channel between the host and a program in L1 (the API relay).
+    pub control: Option<PathBuf>,
 }
 
 /// A host disk image passed through to L1 (writes reach the host file).
@@ -164,6 +167,11 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
     cmd.arg("-chardev")
         .arg(format!("file,id=ctl,path={}", chardev_path(&ctl)?))
         .args(["-serial", "chardev:ctl"]);
+    if let Some(sock) = &run.control {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=relay,path={}", chardev_path(sock)?))
+            .args(["-serial", "chardev:relay"]);
+    }
     for (n, d) in run.drives.iter().enumerate() {
         cmd.arg("-drive").arg(format!(
             "file={},format=raw,if=none,id=disk{n},discard=unmap,readonly={}",

@@ -104,6 +104,13 @@ pub struct FirecrackerArgs {
         help_heading = "Firecracker mode"
     )]
     pub emulate: rig::EmulateMode,
+    /// Internal (the nested rig): boot this Vireo VmConfig JSON at once
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub vm_config: Option<PathBuf>,
+    /// Internal (the nested rig): also serve API requests relayed over
+    /// this tty, one JSON line each
+    #[arg(long, value_name = "TTY", hide = true)]
+    pub control_tty: Option<PathBuf>,
     /// Accepted for compatibility: Firecracker's process start time (us)
     #[arg(long, value_name = "US", hide = true)]
     pub start_time_us: Option<u64>,

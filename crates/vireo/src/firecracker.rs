@@ -6,9 +6,11 @@
 //! too unless `--no-api`).
 
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
 
 use api::models::FullVmConfiguration;
 use api::{ApiResponse, ApiServer, ServerLimits, VmmRequest};
@@ -16,6 +18,7 @@ use vmm::api_control::{ApiHook, Controller, Preboot};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::cli::FirecrackerArgs;
+use crate::relay::{self, Relay};
 use crate::{exit_code, fail};
 
 /// Firecracker's default socket, used when invoked as `firecracker`.
@@ -40,29 +43,96 @@ fn read_config_file(path: &Path) -> Result<FullVmConfiguration, String> {
         .map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
-/// The VM `controller.config` describes, built and started.
-fn start(controller: &Controller, args: &FirecrackerArgs) -> Result<vmm::Vm, String> {
-    let config = vmm::resources::to_vm_config(&controller.config).map_err(|e| e.to_string())?;
-    let _ = args.enable_pci; // virtio-mmio arrives with the transport choice.
-    vmm::preflight(&config).map_err(|e| e.to_string())?;
-    let emulate = match args.emulate {
+/// A started VM: here, or inside the nested rig behind the relay.
+enum Started {
+    Local(Box<vmm::Vm>),
+    Rig(RigVm),
+}
+
+/// A VM running inside the nested rig.
+struct RigVm {
+    relay: Relay,
+    /// Written when the rig ends; `result` then holds its exit status.
+    done: EventFd,
+    result: Receiver<Result<i32, rig::RigError>>,
+    _dir: guest::cache::RemoveOnDrop,
+}
+
+/// How long a VM in the rig may take to start (L1 boots first).
+const RIG_START_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Whether the VM must run inside the nested rig, and why.
+fn rig_reason(args: &FirecrackerArgs) -> Option<String> {
+    match args.emulate {
         rig::EmulateMode::Never => None,
         rig::EmulateMode::Always => Some("--emulate=always".to_string()),
         rig::EmulateMode::Auto => match rig::probe_host_kvm() {
             rig::HostKvm::Unusable(why) => Some(why),
             rig::HostKvm::Usable => None,
         },
-    };
-    if let Some(why) = emulate {
-        return Err(format!(
-            "the VM would run in the nested rig ({why}), which Firecracker mode does not \
-             support yet (issue 12): use `vireo run`, or --emulate=never for a guest this \
-             host's KVM can run"
-        ));
     }
-    let mut vm = vmm::build(&config).map_err(|e| e.to_string())?;
+}
+
+/// The VM `controller.config` describes, built and started.
+fn start(controller: &Controller, args: &FirecrackerArgs) -> Result<Started, String> {
+    let config = vmm::resources::to_vm_config(&controller.config).map_err(|e| e.to_string())?;
+    let _ = args.enable_pci; // virtio-mmio arrives with the transport choice.
+    vmm::preflight(&config).map_err(|e| e.to_string())?;
+    if rig_reason(args).is_some() {
+        return start_in_rig(&config, &args.id).map(Started::Rig);
+    }
+    start_here(&config).map(|vm| Started::Local(Box::new(vm)))
+}
+
+fn start_here(config: &vmm::VmConfig) -> Result<vmm::Vm, String> {
+    let mut vm = vmm::build(config).map_err(|e| e.to_string())?;
     vm.start().map_err(|e| e.to_string())?;
     Ok(vm)
+}
+
+/// Boot L1 with a vireo that runs `config` and serves the relay; return
+/// once that VM runs.
+fn start_in_rig(config: &vmm::VmConfig, id: &str) -> Result<RigVm, String> {
+    let dir = guest::cache::temp_dir_for(&std::env::temp_dir().join("vireo-relay"))
+        .map_err(|e| e.to_string())?;
+    let cleanup = guest::cache::RemoveOnDrop(Some(dir.clone()));
+    let sock = dir.join("relay.sock");
+    let listener = UnixListener::bind(&sock).map_err(io_err("relay socket"))?;
+    let done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+    let done_writer = done.try_clone().map_err(io_err("eventfd"))?;
+    let (tx, result) = mpsc::channel();
+    let (config, id) = (config.clone(), id.to_string());
+    std::thread::Builder::new()
+        .name("vireo-rig".into())
+        .spawn(move || {
+            let _ = tx.send(rig::run_nested_api(&config, &sock, &id));
+            let _ = done_writer.write(1);
+        })
+        .map_err(io_err("cannot start the rig thread"))?;
+    let alive = || done.read().is_err();
+    let relay = match Relay::connect(&listener, RIG_START_TIMEOUT, alive) {
+        Ok(r) => r,
+        Err(e) => {
+            let detail = match result.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(code)) => {
+                    format!("{e} (its vireo exited with status {code}; its log is above)")
+                }
+                Ok(Err(rig_err)) => format!("{e}: {rig_err}"),
+                Err(_) => e,
+            };
+            return Err(detail);
+        }
+    };
+    Ok(RigVm {
+        relay,
+        done,
+        result,
+        _dir: cleanup,
+    })
 }
 
 /// How the pre-boot phase ended without a VM.
@@ -103,7 +173,7 @@ fn serve_until_start(
     wake: &EventFd,
     sig_fd: RawFd,
     args: &FirecrackerArgs,
-) -> Result<vmm::Vm, NoStart> {
+) -> Result<Started, NoStart> {
     loop {
         if let Some(sig) = wait_preboot(wake, sig_fd) {
             return Err(NoStart::Signal(sig));
@@ -126,7 +196,7 @@ fn serve_one(
     controller: &mut Controller,
     r: VmmRequest,
     args: &FirecrackerArgs,
-) -> Option<vmm::Vm> {
+) -> Option<Started> {
     let response = match controller.preboot(r.request) {
         Preboot::Reply(response) => response,
         Preboot::Start => match start(controller, args) {
@@ -146,7 +216,7 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
     if args.seccomp_filter.is_some() {
         return fail("--seccomp-filter: seccomp filters are not implemented yet (issue 9)");
     }
-    if args.no_api && args.config_file.is_none() {
+    if args.no_api && args.config_file.is_none() && args.vm_config.is_none() {
         return fail(
             "--no-api needs --config-file: without the API nothing could configure the VM",
         );
@@ -188,53 +258,124 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
             Ok(w) => w,
             Err(e) => return fail(format!("eventfd: {e}")),
         };
-        if let Err(e) = server.spawn(tx, server_wake) {
+        if let Err(e) = server.spawn(tx.clone(), server_wake) {
             return fail(format!("cannot start the API thread: {e}"));
         }
-    } else {
-        drop(tx);
     }
 
-    let (mut controller, vm) = match file_config {
-        Some(config) => {
-            let mut c = Controller::with_config(args.id.clone(), config);
-            match start(&c, args) {
-                Ok(vm) => {
-                    c.set_started();
-                    (c, vm)
-                }
-                Err(e) => return fail(format!("cannot start the microVM: {e}")),
-            }
+    let (mut controller, started) = if let Some(path) = &args.vm_config {
+        // The inner side of a nested run: the host already converted the
+        // configuration and serves the API; requests come over the relay.
+        let c = Controller::new(args.id.clone());
+        match read_vm_config(path).and_then(|config| start_here(&config)) {
+            Ok(vm) => (c, Started::Local(Box::new(vm))),
+            Err(e) => return fail(format!("cannot start the microVM: {e}")),
         }
-        None => {
-            let mut c = Controller::new(args.id.clone());
-            match serve_until_start(&mut c, &rx, &wake, sig_fd, args) {
-                Ok(vm) => (c, vm),
-                Err(NoStart::Signal(sig)) => {
-                    eprintln!(
-                        "vireo: {}",
-                        vmm::ExitReason::Signal(sig).message().unwrap_or_default()
-                    );
-                    return exit_code(128 + sig);
-                }
-                Err(NoStart::ApiGone) => return fail("the API server stopped"),
-            }
+    } else if let Some(config) = file_config {
+        let c = Controller::with_config(args.id.clone(), config);
+        match start(&c, args) {
+            Ok(s) => (c, s),
+            Err(e) => return fail(format!("cannot start the microVM: {e}")),
+        }
+    } else {
+        let mut c = Controller::new(args.id.clone());
+        match serve_until_start(&mut c, &rx, &wake, sig_fd, args) {
+            Ok(s) => (c, s),
+            Err(NoStart::Signal(sig)) => return signalled(sig),
+            Err(NoStart::ApiGone) => return fail("the API server stopped"),
         }
     };
-    let mut hook = ApiHook {
-        controller: &mut controller,
-        requests: &rx,
-        wake: &wake,
+    controller.set_started();
+    if let Some(tty) = &args.control_tty {
+        let relay_wake = match wake.try_clone() {
+            Ok(w) => w,
+            Err(e) => return fail(format!("eventfd: {e}")),
+        };
+        if let Err(e) = relay::serve_tty(tty, tx.clone(), relay_wake) {
+            return fail(format!("control tty {}: {e}", tty.display()));
+        }
+    }
+    drop(tx);
+    let code = match started {
+        Started::Local(vm) => {
+            let mut hook = ApiHook {
+                controller: &mut controller,
+                requests: &rx,
+                wake: &wake,
+            };
+            match vm.run_with(Some(&mut hook)) {
+                Ok(reason) => {
+                    if let Some(msg) = reason.message() {
+                        eprintln!("vireo: {msg}");
+                    }
+                    exit_code(reason.exit_code())
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Started::Rig(mut rig_vm) => serve_rig(&mut controller, &mut rig_vm, &rx, &wake, sig_fd),
     };
-    let result = vm.run_with(Some(&mut hook));
     drop(socket);
-    match result {
-        Ok(reason) => {
-            if let Some(msg) = reason.message() {
-                eprintln!("vireo: {msg}");
-            }
-            exit_code(reason.exit_code())
+    code
+}
+
+fn signalled(sig: i32) -> ExitCode {
+    eprintln!(
+        "vireo: {}",
+        vmm::ExitReason::Signal(sig).message().unwrap_or_default()
+    );
+    exit_code(128 + sig)
+}
+
+fn read_vm_config(path: &Path) -> Result<vmm::VmConfig, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("VM config {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("VM config {}: {e}", path.display()))
+}
+
+/// The host side of a VM in the rig: answer what the configuration
+/// answers, relay the rest, until the rig ends or a signal arrives.
+fn serve_rig(
+    controller: &mut Controller,
+    vm: &mut RigVm,
+    requests: &Receiver<VmmRequest>,
+    wake: &EventFd,
+    sig_fd: RawFd,
+) -> ExitCode {
+    loop {
+        let mut fds = [wake.as_raw_fd(), sig_fd, vm.done.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: polling three valid descriptors in a local array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+        if n < 0 {
+            continue;
         }
-        Err(e) => fail(e),
+        if fds[1].revents != 0 {
+            if let Some(sig) = vmm::event_loop::read_signal(sig_fd) {
+                return signalled(sig);
+            }
+        }
+        if fds[2].revents != 0 {
+            return match vm.result.recv() {
+                Ok(Ok(code)) => exit_code(code),
+                Ok(Err(e)) => {
+                    eprintln!("vireo: error: {e}");
+                    exit_code(e.exit_code())
+                }
+                Err(_) => fail("the rig thread stopped"),
+            };
+        }
+        if fds[0].revents != 0 {
+            let _ = wake.read();
+            while let Ok(r) = requests.try_recv() {
+                let response = controller
+                    .common(&r.request)
+                    .unwrap_or_else(|| vm.relay.call(&r.request));
+                let _ = r.reply.send(response);
+            }
+        }
     }
 }

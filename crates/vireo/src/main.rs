@@ -6,6 +6,7 @@
 mod cli;
 mod ctl;
 mod firecracker;
+mod relay;
 mod size;
 
 use std::process::ExitCode;

@@ -87,8 +87,9 @@ impl Controller {
         })
     }
 
-    /// Requests answered the same way in both phases; None for the rest.
-    fn common(&self, req: &ApiRequest) -> Option<ApiResponse> {
+    /// Requests answered from the configuration alone, the same way in
+    /// both phases (and by the host side of a nested run); None for the rest.
+    pub fn common(&self, req: &ApiRequest) -> Option<ApiResponse> {
         Some(match req {
             ApiRequest::GetVersion => ApiResponse::ok_json(&FirecrackerVersion {
                 firecracker_version: env!("CARGO_PKG_VERSION").into(),
@@ -177,7 +178,9 @@ impl Controller {
             ApiRequest::PutVsock(v) => c.vsock = Some(v),
             ApiRequest::PutBalloon(b) => c.balloon = Some(b),
             ApiRequest::PutEntropy(e) => c.entropy = Some(e),
-            ApiRequest::PutCpuConfig(cc) => c.cpu_config = Some(cc),
+            ApiRequest::PutCpuConfig(cc) => {
+                c.cpu_config = Some(api::models::CpuConfigSource::Inline(cc))
+            }
             ApiRequest::PutMemoryHotplug(m) => c.memory_hotplug = Some(m),
             ApiRequest::PutPmem(p) => {
                 c.pmem.retain(|x| x.id != p.id);
