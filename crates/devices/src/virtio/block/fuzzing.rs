@@ -1,22 +1,64 @@
-//! Fuzzing harness: arbitrary bytes become guest memory (descriptor table,
-//! avail ring, headers, data) and queue parameters, and one round of the
-//! device worker (synchronous engine) serves whatever that describes.
+//! Fuzzing harness: arbitrary bytes become the device's configuration
+//! (engine, write-through, read-only, EVENT_IDX, 1 to 4 queues) and guest
+//! memory (descriptor tables, avail rings, headers, data), one round of the
+//! device worker serves whatever that describes, and an oracle checks the
+//! result.
 //!
 //! Shared by the cargo-fuzz target (`fuzz/fuzz_targets/virtio_blk.rs`) and
-//! the deterministic fuzz-lite unit test. The invariants checked on every
-//! input: no panic, no hang (the worker returns), and a read-only image is
-//! never modified.
+//! the deterministic fuzz-lite unit test.
 //!
-//! Input layout (dense, so a fuzzer reaches the rings with short inputs):
-//! byte 0 picks the queue size (1 << (b % 9)); byte 1: bit 0 turns
-//! EVENT_IDX on, bit 1 picks the read-only disk, bit 2 folds descriptor
-//! addresses into the neighbourhood of guest memory (addr % FOLD) so that
-//! short inputs reach the deeper checks; bytes 2..4 are the queue's starting
-//! next_avail. Then 16 * size bytes of descriptor table, 6 + 2 * size bytes
-//! of avail ring, and the rest goes to the data area. Guest memory is two
-//! 64 KiB regions with a 64 KiB hole between them; the descriptor table sits
-//! at 0, the avail ring at 0x1000, the used ring at 0x2000, the data area at
-//! 0x3000.
+//! # What is asserted
+//!
+//! On every input: no panic, no hang (`Worker::run_once` returns after the
+//! engine, synchronous or not, has completed every chain), the image keeps
+//! its length, a read-only image never changes, and a read-write image does
+//! not change unless a write, discard or write-zeroes was served.
+//!
+//! Before the run the oracle (`fuzzing/oracle.rs`) walks, with its own code,
+//! every chain each queue will pop and works out what the device must do
+//! with it. When no byte a chain may write is a byte the device reads (the
+//! rings, indirect tables, readable buffers) the input is *clean*: the
+//! device's view cannot depend on the order it serves chains in, so these
+//! exact checks apply too:
+//! - guest memory changed only inside the device-writable descriptors of the
+//!   popped chains and inside the used rings;
+//! - each queue's used index advanced by the number of popped chains with a
+//!   head below the queue size, and its used entries are exactly those heads
+//!   (in any order: async engines complete out of order), each with the
+//!   length `Worker::complete` reports: 0 when the chain has no usable status
+//!   byte, else 1 plus the data bytes written to the guest (a served read's
+//!   data length; for GET_ID, at most 20);
+//! - a status byte only one chain may write holds its code (OK, IOERR or
+//!   UNSUPP);
+//! - image bytes no served write, discard or write-zeroes names keep their
+//!   value; bytes exactly one names hold the write's data (from guest
+//!   memory), zeros (write-zeroes) or zeros or the old value (discard);
+//! - a served read whose sectors no modifying request names, and whose
+//!   buffers no other chain may write, returned the image's bytes; GET_ID
+//!   returned the disk id.
+//!
+//! # Input layout
+//!
+//! Dense, so a fuzzer reaches the rings with short inputs. Byte 0: bits 0-1
+//! pick the engine (Sync, Pool, IoUring, Sync), bit 2 write-through mode,
+//! bit 3 the read-only disk, bit 4 EVENT_IDX, bit 5 folds descriptor
+//! addresses into guest memory's neighbourhood (addr % FOLD) so that short
+//! inputs reach the deeper checks, bits 6-7 the number of queues minus 1.
+//! Then three bytes per queue: the size (1 << (b % 9)) and the starting
+//! next_avail (LE). Then per queue 16 * size bytes of descriptor table and
+//! 6 + 2 * size bytes of avail ring; the rest is the data area, from
+//! `DATA_AREA` to the end of region 1 and then region 2.
+//!
+//! Guest memory is three 64 KiB regions: region 1 starts exactly where
+//! region 0 ends (a buffer may cross from one into the other, which the
+//! device maps as two host iovecs), region 2 comes after a 64 KiB hole.
+//! Queue q's descriptor table is at `desc_table(q)`, its avail ring at
+//! `avail_ring(q)`, its used ring at `used_ring(q)`, all in region 0.
+//!
+//! The images live in /dev/shm when it exists, so write-through fdatasync
+//! costs nothing.
+
+mod oracle;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,18 +71,73 @@ use super::engine::{Engine, EngineKind};
 use super::metrics::BlockMetrics;
 use super::worker::{Worker, WorkerQueue};
 use crate::virtio::{GuestMemory, Interrupt};
+use oracle::{Plan, QueueSpec};
 
-/// Guest memory regions: (start, size).
-pub const REGIONS: [(u64, usize); 2] = [(0, 0x1_0000), (0x2_0000, 0x1_0000)];
-pub const DESC_TABLE: u64 = 0;
-pub const AVAIL_RING: u64 = 0x1000;
-pub const USED_RING: u64 = 0x2000;
-pub const DATA_AREA: u64 = 0x3000;
-/// Folded descriptor addresses fall in [0, FOLD): both regions, the hole
+pub use oracle::Checked;
+
+/// Guest memory regions: (start, size). Regions 0 and 1 are adjacent.
+pub const REGIONS: [(u64, usize); 3] = [(0, 0x1_0000), (0x1_0000, 0x1_0000), (0x3_0000, 0x1_0000)];
+/// Total bytes of guest memory.
+pub const MEM_LEN: usize = REGIONS[0].1 + REGIONS[1].1 + REGIONS[2].1;
+/// Most queues an input sets up.
+pub const MAX_QUEUES: usize = 4;
+/// Where the data area starts (it runs to the end of region 1, then goes
+/// on in region 2).
+pub const DATA_AREA: u64 = 0x9000;
+/// Folded descriptor addresses fall in [0, FOLD): all regions, the hole
 /// and a little past the end.
-pub const FOLD: u64 = 0x3_1000;
+pub const FOLD: u64 = 0x4_1000;
 /// Size of the disk image the harness serves.
 pub const IMAGE_LEN: u64 = 64 * 1024;
+
+/// Queue `q`'s descriptor table (room for 256 descriptors).
+pub const fn desc_table(q: usize) -> u64 {
+    q as u64 * 0x1000
+}
+
+/// Queue `q`'s avail ring (room for 256 entries).
+pub const fn avail_ring(q: usize) -> u64 {
+    0x4000 + q as u64 * 0x400
+}
+
+/// Queue `q`'s used ring (room for 256 entries).
+pub const fn used_ring(q: usize) -> u64 {
+    0x5000 + q as u64 * 0x1000
+}
+
+/// Index of guest address `addr` in a flat copy of guest memory (regions in
+/// order, holes left out).
+pub fn flat_index(addr: u64) -> Option<usize> {
+    let mut base = 0usize;
+    for (start, size) in REGIONS {
+        if addr >= start && addr - start < size as u64 {
+            return Some(base + (addr - start) as usize);
+        }
+        base += size;
+    }
+    None
+}
+
+/// The first input byte for the given configuration.
+pub fn config_byte(
+    engine: EngineKind,
+    write_through: bool,
+    readonly: bool,
+    event_idx: bool,
+    fold: bool,
+    queues: usize,
+) -> u8 {
+    let e = match engine {
+        EngineKind::Sync => 0,
+        EngineKind::Pool => 1,
+        EngineKind::IoUring => 2,
+    };
+    e | u8::from(write_through) << 2
+        | u8::from(readonly) << 3
+        | u8::from(event_idx) << 4
+        | u8::from(fold) << 5
+        | ((queues.clamp(1, MAX_QUEUES) - 1) as u8) << 6
+}
 
 struct NoInterrupt;
 
@@ -56,12 +153,20 @@ impl Interrupt for NoInterrupt {
 /// What one input did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunStats {
-    /// Chains put on the used ring.
-    pub used: u16,
+    /// The engine that served it (None when the input was too short).
+    pub engine: Option<EngineKind>,
+    pub write_through: bool,
+    pub queues: usize,
+    /// Chains put on the used rings.
+    pub used: u32,
     /// Reads, flushes and GET_IDs served.
     pub served: u64,
     /// Writes, discards and write-zeroes served (the image may change).
     pub modifying: u64,
+    /// The input was clean and the exact checks ran.
+    pub clean: bool,
+    /// What the exact checks covered.
+    pub checked: Checked,
 }
 
 /// Temporary images and guest memory reused across inputs.
@@ -75,13 +180,13 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Create two images (read-only and read-write) in the temp directory.
+    /// Create two images (read-only and read-write).
     pub fn new() -> Harness {
-        let mem = GuestMemory::from_ranges(&[
-            (GuestAddress(REGIONS[0].0), REGIONS[0].1),
-            (GuestAddress(REGIONS[1].0), REGIONS[1].1),
-        ])
-        .expect("guest memory");
+        let ranges: Vec<_> = REGIONS
+            .iter()
+            .map(|&(start, size)| (GuestAddress(start), size))
+            .collect();
+        let mem = GuestMemory::from_ranges(&ranges).expect("guest memory");
         let original: Vec<u8> = (0..IMAGE_LEN).map(|i| (i / 512) as u8 ^ 0xa5).collect();
         let tag = format!(
             "{}-{:?}",
@@ -91,7 +196,12 @@ impl Harness {
                 .unwrap_or_default()
                 .as_nanos()
         );
-        let dir = std::env::temp_dir();
+        let shm = PathBuf::from("/dev/shm");
+        let dir = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
         let ro_path = dir.join(format!("vireo-blk-fuzz-ro-{tag}"));
         let rw_path = dir.join(format!("vireo-blk-fuzz-rw-{tag}"));
         std::fs::write(&ro_path, &original).expect("write image");
@@ -112,81 +222,181 @@ impl Harness {
         &self.mem
     }
 
-    /// Serve one input. Panics if the read-only image changed, or if the
-    /// read-write one changed without a write, discard or write-zeroes
-    /// request having been served.
-    pub fn run(&self, input: &[u8]) -> RunStats {
-        let (size_sel, flags, next_avail) = match input {
-            [a, b, c, d, ..] => (*a, *b, u16::from_le_bytes([*c, *d])),
-            _ => return RunStats::default(),
-        };
-        let size = 1u16 << (size_sel % 9);
-        // Fresh memory: zero, then the input's sections.
-        for (start, len) in REGIONS {
-            let _ = self.mem.write_slice(&vec![0u8; len], GuestAddress(start));
+    /// A flat copy of guest memory (see `flat_index`).
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = vec![0u8; MEM_LEN];
+        let mut base = 0;
+        for (start, size) in REGIONS {
+            self.mem
+                .read_slice(&mut out[base..base + size], GuestAddress(start))
+                .expect("region readable");
+            base += size;
         }
-        let mut rest = &input[4..];
+        out
+    }
+
+    /// Serve one input and check it (see the module comment); panics on a
+    /// violated invariant. The read-write image is put back afterwards.
+    pub fn run(&self, input: &[u8]) -> RunStats {
+        let Some((&config, rest)) = input.split_first() else {
+            return RunStats::default();
+        };
+        let queues = usize::from(config >> 6) + 1;
+        if rest.len() < 3 * queues {
+            return RunStats::default();
+        }
+        let engine_kind = match config & 3 {
+            1 => EngineKind::Pool,
+            2 => EngineKind::IoUring,
+            _ => EngineKind::Sync,
+        };
+        let write_through = config & 4 != 0;
+        let readonly = config & 8 != 0;
+        let event_idx = config & 16 != 0;
+        let fold = config & 32 != 0;
+        let specs: Vec<QueueSpec> = rest[..3 * queues]
+            .chunks_exact(3)
+            .enumerate()
+            .map(|(q, b)| QueueSpec {
+                desc_table: desc_table(q),
+                avail_ring: avail_ring(q),
+                used_ring: used_ring(q),
+                size: 1 << (b[0] % 9),
+                next_avail: u16::from_le_bytes([b[1], b[2]]),
+            })
+            .collect();
+
+        // Fresh memory: zero, then the input's sections.
+        let zeros = vec![0u8; REGIONS[0].1];
+        for (start, len) in REGIONS {
+            self.mem
+                .write_slice(&zeros[..len], GuestAddress(start))
+                .expect("region writable");
+        }
+        let mut rest = &rest[3 * queues..];
         let mut section = |addr: u64, len: usize| {
             let n = rest.len().min(len);
-            let _ = self.mem.write_slice(&rest[..n], GuestAddress(addr));
+            self.mem
+                .write_slice(&rest[..n], GuestAddress(addr))
+                .expect("section in memory");
             rest = &rest[n..];
         };
-        section(DESC_TABLE, 16 * usize::from(size));
-        section(AVAIL_RING, 6 + 2 * usize::from(size));
-        section(DATA_AREA, REGIONS[0].1 - DATA_AREA as usize);
-        if flags & 4 != 0 {
-            for i in 0..u64::from(size) {
-                let at = GuestAddress(DESC_TABLE + 16 * i);
-                let addr: u64 = self.mem.read_obj(at).unwrap_or(0);
-                let _ = self.mem.write_obj(addr % FOLD, at);
-            }
+        for q in &specs {
+            section(q.desc_table, 16 * usize::from(q.size));
+            section(q.avail_ring, 6 + 2 * usize::from(q.size));
         }
-        // The used index starts where the queue's next_used does.
-        let _ = self.mem.write_obj(next_avail, GuestAddress(USED_RING + 2));
+        section(
+            DATA_AREA,
+            (REGIONS[1].0 + REGIONS[1].1 as u64 - DATA_AREA) as usize,
+        );
+        section(REGIONS[2].0, REGIONS[2].1);
+        for q in &specs {
+            if fold {
+                for i in 0..u64::from(q.size) {
+                    let at = GuestAddress(q.desc_table + 16 * i);
+                    let addr: u64 = self.mem.read_obj(at).expect("table in memory");
+                    self.mem
+                        .write_obj(addr % FOLD, at)
+                        .expect("table in memory");
+                }
+            }
+            // The used index starts where the queue's next_used does.
+            self.mem
+                .write_obj(q.next_avail, GuestAddress(q.used_ring + 2))
+                .expect("used ring in memory");
+        }
 
-        let mut queue = Queue::new(256).expect("queue");
-        queue.set_size(size);
-        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-        queue.set_next_avail(next_avail);
-        queue.set_next_used(next_avail);
-        queue.set_event_idx(flags & 1 != 0);
-        queue.set_ready(true);
-        let readonly = flags & 2 != 0;
         let disk = if readonly { &self.ro } else { &self.rw };
+        let plan = Plan::new(&self.mem, &specs, disk.capacity_sectors(), readonly);
+        let before = self.snapshot();
+
+        let worker_queues = specs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let mut queue = Queue::new(256).expect("queue");
+                queue.set_size(q.size);
+                queue.set_desc_table_address(Some(q.desc_table as u32), Some(0));
+                queue.set_avail_ring_address(Some(q.avail_ring as u32), Some(0));
+                queue.set_used_ring_address(Some(q.used_ring as u32), Some(0));
+                queue.set_next_avail(q.next_avail);
+                queue.set_next_used(q.next_avail);
+                queue.set_event_idx(event_idx);
+                queue.set_ready(true);
+                WorkerQueue {
+                    index: i as u16,
+                    queue,
+                    kick: None,
+                }
+            })
+            .collect();
+        let depth: u32 = specs.iter().map(|q| u32::from(q.size)).sum();
+        let engine = Engine::new(disk.clone(), engine_kind, depth);
+        let engine_used = engine.kind();
         let metrics = Arc::new(BlockMetrics::default());
         let mut worker = Worker::new(
             self.mem.clone(),
             disk.clone(),
-            vec![WorkerQueue {
-                index: 0,
-                queue,
-                kick: None,
-            }],
+            worker_queues,
             Arc::new(NoInterrupt),
-            Engine::new(disk.clone(), EngineKind::Sync, u32::from(size)),
+            engine,
             metrics.clone(),
-            false,
+            write_through,
         );
+        // Serves every queue until nothing is left, waiting for the engine.
         worker.run_once();
         drop(worker);
+
+        let path = if readonly {
+            &self.ro_path
+        } else {
+            &self.rw_path
+        };
+        let image = std::fs::read(path).expect("read image");
+        assert_eq!(image.len() as u64, IMAGE_LEN, "image length changed");
         if readonly {
-            assert!(self.ro_unchanged(), "read-only image modified");
+            assert!(image == self.original, "read-only image modified");
         }
-        let used: u16 = self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap_or(0);
-        let m = &metrics;
         let get = |c| BlockMetrics::get(c);
-        let stats = RunStats {
-            used: used.wrapping_sub(next_avail),
+        let m = &metrics;
+        let mut stats = RunStats {
+            engine: Some(engine_used),
+            write_through,
+            queues,
+            used: specs
+                .iter()
+                .map(|q| {
+                    let idx: u16 = self
+                        .mem
+                        .read_obj(GuestAddress(q.used_ring + 2))
+                        .expect("used ring in memory");
+                    u32::from(idx.wrapping_sub(q.next_avail))
+                })
+                .sum(),
             served: get(&m.reads) + get(&m.flushes) + get(&m.get_ids),
             modifying: get(&m.writes) + get(&m.discards) + get(&m.write_zeroes),
+            clean: plan.clean,
+            checked: Checked::default(),
         };
-        if !readonly && stats.modifying == 0 {
+        if stats.modifying == 0 {
             assert!(
-                self.rw_unchanged(),
+                image == self.original,
                 "image modified without a write request"
             );
+        }
+        if plan.clean {
+            let after = self.snapshot();
+            stats.checked = plan.check(
+                &self.mem,
+                &before,
+                &after,
+                &image,
+                &self.original,
+                disk.id(),
+            );
+        }
+        if image != self.original {
+            self.restore_rw();
         }
         stats
     }
@@ -201,7 +411,8 @@ impl Harness {
         std::fs::read(&self.rw_path).is_ok_and(|b| b == self.original)
     }
 
-    /// Put the read-write image back to its original bytes.
+    /// Put the read-write image back to its original bytes (`run` does this
+    /// itself after a run that changed it).
     pub fn restore_rw(&self) {
         let _ = std::fs::write(&self.rw_path, &self.original);
     }

@@ -16,7 +16,8 @@
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
 //! - `fuzzing.rs` (tests and the `fuzzing` feature): the harness the
-//!   cargo-fuzz target in `fuzz/` and the fuzz-lite test share.
+//!   cargo-fuzz target in `fuzz/` and the fuzz-lite test share, with its
+//!   oracle in `fuzzing/oracle.rs`.
 
 mod device;
 mod disk;
