@@ -9,8 +9,8 @@
 use acpi_tables::{aml, fadt, gas, madt, mcfg, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml};
 use memory::layout::{
     self, ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-    ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_START, LAPIC_START,
-    PVPANIC_PORT,
+    ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, I8042_IRQ, I8042_PORT, IOAPIC_START,
+    LAPIC_START, PVPANIC_PORT,
 };
 use memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -21,8 +21,9 @@ const OEM_ID: [u8; 6] = *b"VIREO ";
 const OEM_TABLE_ID: [u8; 8] = *b"VIREOVM ";
 const OEM_REVISION: u32 = 1;
 
-/// IAPC_BOOT_ARCH: no VGA, no CMOS RTC (and, by omission, no 8042: Linux then
-/// skips probing for a keyboard controller; `reboot=k` still resets through it).
+/// IAPC_BOOT_ARCH: an 8042 keyboard controller (for Ctrl-Alt-Del from the
+/// API), no VGA, no CMOS RTC.
+const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
@@ -154,6 +155,23 @@ fn dsdt(pci: Option<&PciHost>) -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut dsdt);
+    // The keyboard controller, so Linux's i8042 driver finds it by PNP.
+    aml::Device::new(
+        "_SB_.KBD_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(I8042_PORT, I8042_PORT, 1, 1),
+                    &aml::IO::new(I8042_PORT + 4, I8042_PORT + 4, 1, 1),
+                    &aml::Interrupt::new(true, true, false, false, I8042_IRQ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut dsdt);
     aml::Device::new(
         "_SB_.PEVT".into(),
         vec![
@@ -183,7 +201,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(fadt::Flags::ResetRegSup)
         .flag(fadt::Flags::PwrButton)
         .flag(fadt::Flags::SlpButton);
-    b.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    b.iapc_boot_arch = (IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
     b.reset_reg = io_register(ACPI_RESET_PORT);
     b.reset_value = ACPI_RESET_VALUE;
     b.sleep_control_reg = io_register(ACPI_SLEEP_CONTROL_PORT);

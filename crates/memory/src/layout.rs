@@ -40,6 +40,8 @@ pub const LAPIC_START: u64 = 0xfee0_0000;
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
+/// The keyboard's ISA interrupt.
+pub const I8042_IRQ: u32 = 1;
 /// ACPI hardware-reduced sleep control/status and reset registers.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;

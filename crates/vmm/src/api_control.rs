@@ -217,7 +217,8 @@ impl Controller {
                 ActionType::InstanceStart => bad(AFTER_START),
                 ActionType::FlushMetrics => ApiResponse::no_content(),
                 ActionType::SendCtrlAltDel => {
-                    bad("SendCtrlAltDel is not supported by this version of Vireo yet (issue 12)")
+                    vm.send_ctrl_alt_del();
+                    ApiResponse::no_content()
                 }
             },
             ApiRequest::PatchDrive(_) => {

@@ -51,6 +51,7 @@ pub struct Vm {
     pub(crate) vm: Arc<hypervisor::Vm>,
     pub(crate) _memory: GuestMemory,
     pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) serial_input_ready: EventFd,
     pub(crate) exit: Arc<ExitNotifier>,
 }
@@ -178,14 +179,13 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         })?,
         console::serial_output(&config.console)?,
     )));
+    let kbd_irq = eventfd()?;
+    vm.register_irqfd(&kbd_irq, layout::I8042_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::with_irq(sink.clone(), kbd_irq)));
     let mut pio = Bus::new();
     let platform: [(u16, u64, SharedDevice); 5] = [
         (layout::COM1_PORT, 8, serial.clone()),
-        (
-            layout::I8042_PORT,
-            5,
-            Arc::new(Mutex::new(I8042::new(sink.clone()))),
-        ),
+        (layout::I8042_PORT, 5, i8042.clone()),
         (
             layout::ACPI_SLEEP_CONTROL_PORT,
             3,
@@ -281,6 +281,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         vm,
         _memory: mem,
         serial,
+        i8042,
         serial_input_ready,
         exit,
     })

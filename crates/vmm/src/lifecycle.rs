@@ -96,6 +96,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Press Ctrl-Alt-Del on the guest's keyboard (a stock guest reboots,
+    /// which ends the VM as any guest reset does).
+    pub fn send_ctrl_alt_del(&self) {
+        devices::bus::lock(&self.i8042).send_ctrl_alt_del();
+    }
+
     /// End of the VM: make every vCPU thread leave its loop and join them.
     /// A thread that does not react in time is left behind (the process
     /// is about to exit) rather than waited on.
