@@ -1,7 +1,10 @@
-//! Transports that expose a `VirtioDevice` to the guest. Vireo has one:
-//! virtio-pci, the modern (virtio 1.x) PCI transport (`pci`), with its
-//! common configuration registers in `pci_common`.
+//! Transports that expose a `VirtioDevice` to the guest: virtio-pci, the
+//! modern (virtio 1.x) PCI transport (`pci`, with its common configuration
+//! registers in `pci_common`), and virtio-mmio (`mmio`, version 2). Both
+//! drive the device through one `TransportCore` (`core`): feature
+//! negotiation, queue checks, activation and the asynchronous reset.
 
+pub mod core;
 pub mod pci;
 pub mod pci_common;
 
@@ -10,6 +13,7 @@ pub mod fuzzing;
 #[cfg(test)]
 mod pci_tests;
 
+pub use self::core::{CoreError, TransportCore, TransportHooks};
 pub use pci::{
     VirtioPciDevice, VirtioPciError, VirtioPciResources, VirtioPciState,
     BAR_SIZE as VIRTIO_PCI_BAR_SIZE,
