@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod lifecycle;
 pub mod pci;
+pub mod transport;
 pub mod vcpu;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum Error {
     Bus(#[from] devices::BusError),
     #[error("PCI setup: {0}")]
     Pci(#[from] pci::PciSetupError),
+    #[error("virtio-mmio setup: {0}")]
+    VirtioMmio(#[from] transport::MmioSetupError),
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::Error),
     #[error("{what}: {source}")]

@@ -72,14 +72,6 @@ fn attach(block: Block, mem: &memory::GuestMemory) -> Pci {
     Pci { bus }
 }
 
-fn wait_used(d: &Driver, n: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.used_idx() < n {
-        assert!(Instant::now() < deadline, "timed out waiting for {n} used");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn block_through_the_virtio_pci_transport() {
     let img = TempImage::patterned(1 << 20);

@@ -428,3 +428,15 @@ pub fn assert_path_in(err: &impl std::fmt::Display, path: &Path) {
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
+
+/// Wait (up to 10 s) until `d`'s used ring has `n` entries.
+pub fn wait_used(d: &Driver, n: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.used_idx() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {n} used"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -72,6 +72,24 @@ pub trait TransportHooks {
     fn reset_finished(&mut self);
 }
 
+/// A virtio device on some transport, as the VMM holds it (pause, resume,
+/// configuration changes) without knowing which transport carries it.
+pub trait VirtioTransport: Send {
+    fn core(&self) -> &TransportCore;
+    fn core_mut(&mut self) -> &mut TransportCore;
+    /// Tell the driver the device configuration changed (e.g. a resize).
+    fn signal_config_change(&self) -> std::io::Result<()>;
+
+    /// The device behind the transport.
+    fn device(&self) -> &dyn VirtioDevice {
+        self.core().device()
+    }
+
+    fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.core_mut().device_mut()
+    }
+}
+
 /// The device behind a transport and the virtio life cycle around it.
 pub struct TransportCore {
     device: Box<dyn VirtioDevice>,

@@ -5,15 +5,26 @@
 //! negotiation, queue checks, activation and the asynchronous reset.
 
 pub mod core;
+pub mod mmio;
 pub mod pci;
 pub mod pci_common;
 
+#[cfg(test)]
+mod fake_device;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod mmio_fuzzing;
+#[cfg(test)]
+mod mmio_tests;
 #[cfg(test)]
 mod pci_tests;
 
-pub use self::core::{CoreError, TransportCore, TransportHooks};
+pub use self::core::{CoreError, TransportCore, TransportHooks, VirtioTransport};
+pub use mmio::{
+    VirtioMmioDevice, VirtioMmioError, VirtioMmioResources, VirtioMmioState,
+    MMIO_SIZE as VIRTIO_MMIO_SIZE,
+};
 pub use pci::{
     VirtioPciDevice, VirtioPciError, VirtioPciResources, VirtioPciState,
     BAR_SIZE as VIRTIO_PCI_BAR_SIZE,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::core::{CoreError, TransportCore, TransportHooks};
+use super::core::{CoreError, TransportCore, TransportHooks, VirtioTransport};
 use super::pci_common::*;
 use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigError, ConfigSpace, ConfigSpaceState, PciIds};
@@ -338,20 +338,6 @@ impl VirtioPciDevice {
         })
     }
 
-    /// The device behind the transport.
-    pub fn device(&self) -> &dyn VirtioDevice {
-        self.core.device()
-    }
-
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
-        self.core.device_mut()
-    }
-
-    /// Tell the driver the device configuration changed (e.g. a resize).
-    pub fn signal_config_change(&self) -> std::io::Result<()> {
-        signal_config(&self.side.interrupt)
-    }
-
     pub fn state(&self) -> VirtioPciState {
         let s = lock(&self.side.interrupt);
         let mut transport = self.core.state().clone();
@@ -565,6 +551,20 @@ impl PciDevice for VirtioPciDevice {
             let active = self.core.enabled_queues();
             self.side.register_doorbells(&active, self.core.kicks());
         }
+    }
+}
+
+impl VirtioTransport for VirtioPciDevice {
+    fn core(&self) -> &TransportCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut TransportCore {
+        &mut self.core
+    }
+
+    fn signal_config_change(&self) -> std::io::Result<()> {
+        signal_config(&self.side.interrupt)
     }
 }
 
