@@ -201,9 +201,10 @@ impl Vm {
         addr: IoEventAddress,
         value: u32,
     ) -> Result<()> {
+        let op = "KVM_IOEVENTFD (datamatch)";
         self.fd
             .register_ioevent(evt, &addr, value)
-            .map_err(kvm_op("KVM_IOEVENTFD (datamatch)"))
+            .map_err(kvm_op(op))
     }
 
     /// Undo `register_ioevent_datamatch` for the same `evt`, `addr` and `value`.
@@ -213,9 +214,10 @@ impl Vm {
         addr: IoEventAddress,
         value: u32,
     ) -> Result<()> {
+        let op = "KVM_IOEVENTFD (datamatch, deassign)";
         self.fd
             .unregister_ioevent(evt, &addr, value)
-            .map_err(kvm_op("KVM_IOEVENTFD (datamatch, deassign)"))
+            .map_err(kvm_op(op))
     }
 
     /// Create vCPU number `id`.

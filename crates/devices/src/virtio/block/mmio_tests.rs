@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::test_utils::*;
@@ -111,22 +110,9 @@ fn block_through_the_virtio_mmio_transport() {
         assert_ne!(status & STATUS_DRIVER_OK, 0, "activated");
         assert_eq!(status & STATUS_DEVICE_NEEDS_RESET, 0);
 
-        let data = vec![round + 1; 4096];
-        let w = drivers[0].write(16, &data);
-        let f = drivers[0].bare(VIRTIO_BLK_T_FLUSH);
-        let r = drivers[1].read(3, 1024);
-        let id = drivers[1].get_id(20);
-        m.w(REG_QUEUE_NOTIFY, 0);
-        m.w(REG_QUEUE_NOTIFY, 1);
-        wait_used(&drivers[0], 2);
-        wait_used(&drivers[1], 2);
-        let ok = VIRTIO_BLK_S_OK as u8;
-        assert_eq!(drivers[0].status(&w), ok);
-        assert_eq!(drivers[0].status(&f), ok);
-        assert_eq!(drivers[1].status(&r), ok);
-        assert_eq!(drivers[1].bytes(r.data, 1024), img.read_at(3 * 512, 1024));
-        assert_eq!(&drivers[1].bytes(id.data, 4), b"mmio");
-        assert_eq!(img.read_at(16 * 512, 4096), data);
+        write_flush_read_id(&mut drivers, &img, round, b"mmio", |q| {
+            m.w(REG_QUEUE_NOTIFY, u32::from(q))
+        });
         // The interrupt line: used-buffer bit set, irqfd written, ACK clears.
         assert_ne!(m.r(REG_INTERRUPT_STATUS) & INT_USED_BUFFER, 0);
         assert!(m.irqfd.read().unwrap() >= 1);

@@ -79,25 +79,23 @@ pub struct Surface {
     cf8: PciConfigIo,
     ecam: PciConfigMmio,
     window: PciBarWindow,
-    image: PathBuf,
+    disk: FuzzDisk,
     avail_idx: u16,
-    metrics: Arc<BlockMetrics>,
 }
 
 impl Surface {
     /// A bus with a virtio-blk device (on `engine`) at 00:01.0, BAR 0 at
     /// `BAR`, memory decoding on; the image is a fresh 1 MiB file.
     pub fn new(engine: EngineKind) -> Surface {
-        let (image, mem, block, metrics) = fuzz_block("pci", engine);
+        let (disk, mem, block) = fuzz_block("pci", engine);
         let bus = bus_with(block, &mem);
         let mut s = Surface {
             cf8: PciConfigIo::new(bus.clone()),
             ecam: PciConfigMmio::new(bus.clone()),
             window: PciBarWindow::new(bus.clone(), BAR),
             mem,
-            image,
+            disk,
             avail_idx: 0,
-            metrics,
         };
         s.ecam.write(1 << 15 | 4, &[0x6, 0]);
         s
@@ -105,7 +103,7 @@ impl Surface {
 
     /// The device's counters: how far inputs got (requests served, refused).
     pub fn metrics(&self) -> &BlockMetrics {
-        &self.metrics
+        &self.disk.metrics
     }
 
     fn bar_write(&mut self, off: u64, value: u64, len: usize) {
@@ -116,24 +114,6 @@ impl Surface {
         let mut b = [0u8; 8];
         self.window.read(off, &mut b[..len]);
         u64::from_le_bytes(b)
-    }
-
-    /// Write a reset and poll device_status until it reads 0; false if it
-    /// never does (a hang).
-    pub fn reset(&mut self) -> bool {
-        // Put BAR 0 back where the window reaches it, decoding on.
-        self.ecam.write(1 << 15 | 0x10, &(BAR as u32).to_le_bytes());
-        self.ecam.write(1 << 15 | 4, &[0x6, 0]);
-        self.bar_write(DEVICE_STATUS, 0, 1);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.bar_read(DEVICE_STATUS, 1) != 0 {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        self.avail_idx = 0;
-        true
     }
 
     /// A complete, valid driver initialisation of queue 0 (rings zeroed).
@@ -175,13 +155,33 @@ impl Surface {
         self.bar_write(NOTIFY, 0, 2);
         wait_used(&self.mem, self.avail_idx);
     }
+}
 
-    /// Run one op; false at the end of the input.
-    fn op(&mut self, inp: &mut Input) -> bool {
-        if inp.done() {
-            return false;
+impl GuestSurface for Surface {
+    /// Write a reset and poll device_status until it reads 0; false if it
+    /// never does (a hang).
+    fn reset(&mut self) -> bool {
+        // Put BAR 0 back where the window reaches it, decoding on.
+        self.ecam.write(1 << 15 | 0x10, &(BAR as u32).to_le_bytes());
+        self.ecam.write(1 << 15 | 4, &[0x6, 0]);
+        self.bar_write(DEVICE_STATUS, 0, 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.bar_read(DEVICE_STATUS, 1) != 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        match inp.u8() % 12 {
+        self.avail_idx = 0;
+        true
+    }
+
+    fn disk(&self) -> &FuzzDisk {
+        &self.disk
+    }
+
+    fn step(&mut self, tag: u8, inp: &mut Input) {
+        match tag {
             0 => {
                 let a = 0x8000_0000
                     | u32::from(inp.u16()) << 2 & 0xfffc
@@ -254,27 +254,48 @@ impl Surface {
                 }
             }
         }
-        true
     }
+}
+
+/// A guest-facing surface the harnesses drive (PCI: `Surface`, MMIO:
+/// `MmioSurface`): op 8 is a driver initialisation, ops 9 and 10 a request.
+pub(crate) trait GuestSurface {
+    /// Run the op `tag` (0 to 11) with its operands from `inp`.
+    fn step(&mut self, tag: u8, inp: &mut Input);
+    /// Reset the device and poll until it is done; false if it never is.
+    fn reset(&mut self) -> bool;
+    fn disk(&self) -> &FuzzDisk;
 
     /// Run a whole input and check the invariants (module comment).
-    pub fn run(&mut self, data: &[u8]) {
+    fn run(&mut self, data: &[u8]) {
         let mut inp = Input::new(data);
         let mut ops = 0;
-        while ops < 256 && self.op(&mut inp) {
+        while ops < 256 && !inp.done() {
+            let tag = inp.u8() % 12;
+            self.step(tag, &mut inp);
             ops += 1;
         }
         assert!(self.reset(), "the final reset never completed");
-        assert_image_len(&self.image);
+        assert_image_len(&self.disk().image);
+    }
+}
+
+/// The image behind a harness's virtio-blk and the device's counters (how
+/// deep inputs got); the image is removed on drop.
+pub(crate) struct FuzzDisk {
+    pub(crate) image: PathBuf,
+    pub(crate) metrics: Arc<BlockMetrics>,
+}
+
+impl Drop for FuzzDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.image);
     }
 }
 
 /// A fresh 1 MiB image, 16 MiB of guest memory and a virtio-blk device on
-/// `engine` over the image, with its counters.
-pub(crate) fn fuzz_block(
-    what: &str,
-    engine: EngineKind,
-) -> (PathBuf, GuestMemory, Block, Arc<BlockMetrics>) {
+/// `engine` over the image.
+pub(crate) fn fuzz_block(what: &str, engine: EngineKind) -> (FuzzDisk, GuestMemory, Block) {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let image = std::env::temp_dir().join(format!("vireo-{what}-fuzz-{}-{n}", std::process::id()));
@@ -284,7 +305,7 @@ pub(crate) fn fuzz_block(
     let mut block = Block::new(&image, false, Some("fuzz".into()), 2).expect("block device");
     block.set_engine(engine);
     let metrics = block.metrics();
-    (image, mem, block, metrics)
+    (FuzzDisk { image, metrics }, mem, block)
 }
 
 /// After an input: the image kept its length.
@@ -399,39 +420,15 @@ pub fn bus_with(block: Block, mem: &GuestMemory) -> SharedPciBus {
     bus
 }
 
-impl Drop for Surface {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 /// The cargo-fuzz entry: byte 0 picks the engine.
 pub fn fuzz_one(data: &[u8]) {
     Surface::new(engine_of(data)).run(data.get(1..).unwrap_or(&[]));
 }
 
-/// A guest surface the fuzz-lite test drives: op 8 is a driver
-/// initialisation, ops 9 and 10 a request, on both transports.
-#[cfg(test)]
-pub(crate) trait FuzzTarget {
-    fn run_input(&mut self, data: &[u8]);
-    fn block_metrics(&self) -> &BlockMetrics;
-}
-
-#[cfg(test)]
-impl FuzzTarget for Surface {
-    fn run_input(&mut self, data: &[u8]) {
-        self.run(data)
-    }
-    fn block_metrics(&self) -> &BlockMetrics {
-        self.metrics()
-    }
-}
-
 /// Fuzz-lite: `iterations` seeded inputs biased towards driver inits and
 /// requests, spread over `targets`; returns (reads, writes, refused).
 #[cfg(test)]
-pub(crate) fn fuzz_lite(targets: &mut [Box<dyn FuzzTarget>], iterations: u64) -> (u64, u64, u64) {
+pub(crate) fn fuzz_lite(targets: &mut [Box<dyn GuestSurface>], iterations: u64) -> (u64, u64, u64) {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         x ^= x << 13;
@@ -459,12 +456,12 @@ pub(crate) fn fuzz_lite(targets: &mut [Box<dyn FuzzTarget>], iterations: u64) ->
             }
         }
         let n = targets.len();
-        targets[(i as usize) % n].run_input(&data);
+        targets[(i as usize) % n].run(&data);
     }
     let m = |f: fn(&BlockMetrics) -> &std::sync::atomic::AtomicU64| {
         targets
             .iter()
-            .map(|s| BlockMetrics::get(f(s.block_metrics())))
+            .map(|s| BlockMetrics::get(f(&s.disk().metrics)))
             .sum::<u64>()
     };
     (
@@ -488,10 +485,10 @@ pub(crate) fn fuzz_lite_iterations() -> u64 {
 #[cfg(test)]
 pub(crate) fn fuzz_lite_on_every_engine(
     what: &str,
-    make: impl Fn(EngineKind) -> Box<dyn FuzzTarget>,
+    make: impl Fn(EngineKind) -> Box<dyn GuestSurface>,
 ) {
     let iterations = fuzz_lite_iterations();
-    let mut surfaces: Vec<Box<dyn FuzzTarget>> =
+    let mut surfaces: Vec<Box<dyn GuestSurface>> =
         [EngineKind::Sync, EngineKind::Pool, EngineKind::IoUring]
             .into_iter()
             .map(make)

@@ -9,21 +9,20 @@
 //! changed, and a final reset completes (Status reads 0) within a bounded
 //! time.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::fuzzing::{
-    assert_image_len, clear_rings, engine_of, fuzz_block, queue_request, wait_used, Input, AVAIL,
-    DESC, QSIZE, USED,
+    clear_rings, engine_of, fuzz_block, queue_request, wait_used, FuzzDisk, GuestSurface, Input,
+    AVAIL, DESC, QSIZE, USED,
 };
 use super::mmio::*;
 use super::pci_common::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
 use crate::bus::BusDevice;
 use crate::pci::NoHypervisor;
-use crate::virtio::block::{BlockMetrics, EngineKind};
+use crate::virtio::block::EngineKind;
 use crate::virtio::GuestMemory;
 
 /// One virtio-mmio device with a virtio-blk behind it.
@@ -31,14 +30,13 @@ pub struct MmioSurface {
     mem: GuestMemory,
     dev: VirtioMmioDevice,
     irqfd: EventFd,
-    image: PathBuf,
+    disk: FuzzDisk,
     avail_idx: u16,
-    metrics: Arc<BlockMetrics>,
 }
 
 impl MmioSurface {
     pub fn new(engine: EngineKind) -> MmioSurface {
-        let (image, mem, block, metrics) = fuzz_block("mmio", engine);
+        let (disk, mem, block) = fuzz_block("mmio", engine);
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).expect("irqfd");
         let dev = VirtioMmioDevice::new(
             Box::new(block),
@@ -54,14 +52,9 @@ impl MmioSurface {
             mem,
             dev,
             irqfd,
-            image,
+            disk,
             avail_idx: 0,
-            metrics,
         }
-    }
-
-    pub fn metrics(&self) -> &BlockMetrics {
-        &self.metrics
     }
 
     fn w(&mut self, off: u64, v: u32) {
@@ -82,21 +75,6 @@ impl MmioSurface {
         } else {
             self.dev.write(off, &v[..w]);
         }
-    }
-
-    /// Write a reset and poll Status until it reads 0; false if it never
-    /// does (a hang).
-    pub fn reset(&mut self) -> bool {
-        self.w(REG_STATUS, 0);
-        self.avail_idx = 0;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.r(REG_STATUS) != 0 {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        true
     }
 
     fn init_driver(&mut self, inp: &mut Input) {
@@ -127,12 +105,30 @@ impl MmioSurface {
         self.w(REG_QUEUE_READY, 1);
         self.w(REG_STATUS, u32::from(STATUS_DRIVER_OK));
     }
+}
 
-    fn op(&mut self, inp: &mut Input) -> bool {
-        if inp.done() {
-            return false;
+impl GuestSurface for MmioSurface {
+    /// Write a reset and poll Status until it reads 0; false if it never
+    /// does (a hang).
+    fn reset(&mut self) -> bool {
+        self.w(REG_STATUS, 0);
+        self.avail_idx = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.r(REG_STATUS) != 0 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        match inp.u8() % 12 {
+        true
+    }
+
+    fn disk(&self) -> &FuzzDisk {
+        &self.disk
+    }
+
+    fn step(&mut self, tag: u8, inp: &mut Input) {
+        match tag {
             0..=3 => {
                 // A register, right width and alignment.
                 let off = u64::from(inp.u8() % 0x40) * 4;
@@ -167,40 +163,12 @@ impl MmioSurface {
             }
             _ => assert!(self.reset(), "reset never completed"),
         }
-        true
-    }
-
-    /// Run a whole input and check the invariants (module comment).
-    pub fn run(&mut self, data: &[u8]) {
-        let mut inp = Input::new(data);
-        let mut ops = 0;
-        while ops < 256 && self.op(&mut inp) {
-            ops += 1;
-        }
-        assert!(self.reset(), "the final reset never completed");
-        assert_image_len(&self.image);
-    }
-}
-
-impl Drop for MmioSurface {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.image);
     }
 }
 
 /// The cargo-fuzz entry: byte 0 picks the engine.
 pub fn fuzz_one(data: &[u8]) {
     MmioSurface::new(engine_of(data)).run(data.get(1..).unwrap_or(&[]));
-}
-
-#[cfg(test)]
-impl super::fuzzing::FuzzTarget for MmioSurface {
-    fn run_input(&mut self, data: &[u8]) {
-        self.run(data)
-    }
-    fn block_metrics(&self) -> &BlockMetrics {
-        self.metrics()
-    }
 }
 
 #[cfg(test)]
