@@ -87,9 +87,10 @@ pub struct VirtioMmioResources {
 /// Everything a snapshot of the transport needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioMmioState {
+    /// The driver's setup; `config_generation` is the ConfigGeneration
+    /// register.
     pub transport: TransportState,
     pub interrupt_status: u32,
-    pub config_generation: u8,
 }
 
 /// Interrupt state shared between the transport (vCPU threads) and the
@@ -233,7 +234,6 @@ impl VirtioMmioDevice {
         VirtioMmioState {
             transport,
             interrupt_status: s.status,
-            config_generation: s.config_generation,
         }
     }
 
