@@ -175,3 +175,38 @@ fn bad_disks_fail_at_start() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same disk through virtio-mmio: the guest finds the device in the
+/// DSDT (LNRO0005, no `virtio_mmio.device=` argument), binds virtio_mmio
+/// and virtio_blk, reads what the host wrote and writes what the host then
+/// finds; once chosen with `--transport mmio`, once by `pci=off`.
+#[test]
+fn virtio_mmio_disk_by_flag_and_by_pci_off() {
+    let dir = scratch_dir("mmio");
+    let img = dir.join("raw.img");
+    let mut data = vec![0u8; 4 << 20];
+    data[..8].copy_from_slice(b"HOSTDATA");
+    std::fs::write(&img, &data).unwrap();
+    let script = "echo driver: $(basename $(readlink /sys/block/vda/device/driver)); \
+        echo bus: $(basename $(readlink -f /sys/block/vda/device/..)); \
+        echo first: $(dd if=/dev/vda bs=8 count=1 2>/dev/null); \
+        printf GUESTMMIO | dd of=/dev/vda bs=512 seek=8 conv=notrunc,fsync 2>/dev/null; \
+        echo pci-devices: $(ls /sys/bus/pci/devices 2>/dev/null | wc -l)";
+    let disk = format!("path={},id=mmio-disk", img.display());
+    for how in [
+        &["--transport", "mmio"][..],
+        &["--cmdline", "quiet pci=off"][..],
+    ] {
+        let mut args = how.to_vec();
+        args.extend(["--disk", &disk, "--", "sh", "-c", script]);
+        let o = run_guest(&args);
+        o.assert_code(0);
+        assert_eq!(o.value("driver:"), "virtio_blk", "{}", o.dump());
+        assert!(o.value("bus:").starts_with("LNRO0005"), "{}", o.dump());
+        assert_eq!(o.value("first:"), "HOSTDATA", "{}", o.dump());
+        let written = std::fs::read(&img).unwrap();
+        assert_eq!(&written[4096..4096 + 9], b"GUESTMMIO", "{}", o.dump());
+        std::fs::write(&img, &data).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

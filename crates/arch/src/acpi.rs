@@ -1,7 +1,8 @@
 //! ACPI tables that describe the platform to the guest: RSDP -> XSDT ->
 //! FADT (hardware-reduced; sleep control and reset registers) -> DSDT (COM1,
 //! pvpanic, the S5 sleep state, and with PCI the host bridge `\_SB_.PCI0`
-//! and a motherboard-resources device reserving ECAM), MADT (one local APIC
+//! and a motherboard-resources device reserving ECAM; one `LNRO0005` device
+//! per virtio-mmio transport), MADT (one local APIC
 //! per vCPU, one IOAPIC) and, with PCI, MCFG (the ECAM region).
 //! They are written into the BIOS area at `ACPI_START`, where the guest finds
 //! the RSDP (it is also passed explicitly through boot_params / PVH start info).
@@ -60,6 +61,48 @@ impl PciHost {
             mmio64_start,
             mmio64_size,
         }
+    }
+}
+
+/// A virtio-mmio device as the DSDT describes it: its 4 KiB register block
+/// and its interrupt line (an IOAPIC pin, edge-triggered, active high).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    pub base: u64,
+    pub gsi: u32,
+}
+
+/// What the tables describe beyond the fixed platform devices.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Platform<'a> {
+    pub pci: Option<&'a PciHost>,
+    pub virtio_mmio: &'a [VirtioMmioDevice],
+}
+
+/// `\_SB_.VMxx`: what Linux's virtio_mmio driver binds through ACPI
+/// (`_HID` LNRO0005), so guests need no `virtio_mmio.device=` arguments.
+fn virtio_mmio_aml(devices: &[VirtioMmioDevice], sink: &mut Sdt) {
+    for (i, d) in devices.iter().enumerate() {
+        let uid = i as u32;
+        aml::Device::new(
+            format!("_SB_.VM{:02X}", i & 0xff).as_str().into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"LNRO0005"),
+                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![
+                        &aml::Memory32Fixed::new(
+                            true,
+                            d.base as u32,
+                            layout::VIRTIO_MMIO_DEVICE_SIZE as u32,
+                        ),
+                        &aml::Interrupt::new(true, true, false, false, d.gsi),
+                    ]),
+                ),
+            ],
+        )
+        .to_aml_bytes(sink);
     }
 }
 
@@ -136,7 +179,7 @@ fn mcfg() -> Vec<u8> {
 }
 
 /// The DSDT: platform devices the guest cannot probe by itself.
-fn dsdt(pci: Option<&PciHost>) -> Vec<u8> {
+fn dsdt(platform: &Platform) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // Each object is built and emitted in one statement: the aml builders
     // borrow their children, so the temporaries must live that long.
@@ -183,9 +226,10 @@ fn dsdt(pci: Option<&PciHost>) -> Vec<u8> {
         ],
     )
     .to_aml_bytes(&mut dsdt);
-    if let Some(pci) = pci {
+    if let Some(pci) = platform.pci {
         pci_host_aml(pci, &mut dsdt);
     }
+    virtio_mmio_aml(platform.virtio_mmio, &mut dsdt);
     aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&ACPI_S5_SLEEP_TYPE, &ACPI_S5_SLEEP_TYPE, &0u8, &0u8]),
@@ -240,6 +284,19 @@ pub fn write_acpi_tables_with_pci(
     vcpus: u8,
     pci: Option<&PciHost>,
 ) -> Result<u64> {
+    write_acpi_tables_for(
+        mem,
+        vcpus,
+        &Platform {
+            pci,
+            virtio_mmio: &[],
+        },
+    )
+}
+
+/// Like `write_acpi_tables`, describing everything in `platform`.
+pub fn write_acpi_tables_for(mem: &GuestMemory, vcpus: u8, platform: &Platform) -> Result<u64> {
+    let pci = platform.pci;
     // RSDP first (fixed address), then each table on a 16-byte boundary.
     let mut next = ACPI_START + 64;
     let mut place = |bytes: &[u8], what: &'static str| -> Result<u64> {
@@ -253,7 +310,7 @@ pub fn write_acpi_tables_with_pci(
         next = (end + 15) & !15;
         Ok(addr)
     };
-    let dsdt_addr = place(&dsdt(pci), "DSDT")?;
+    let dsdt_addr = place(&dsdt(platform), "DSDT")?;
     let fadt_addr = place(&fadt(dsdt_addr), "FADT")?;
     let madt_addr = place(&madt(vcpus), "MADT")?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -282,7 +339,7 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        for t in [dsdt(None), fadt(0x1234), madt(4)] {
+        for t in [dsdt(&Platform::default()), fadt(0x1234), madt(4)] {
             let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
             assert_eq!(len, t.len());
             assert!(checksum_ok(&t), "bad checksum in {:?}", &t[0..4]);
@@ -292,7 +349,10 @@ mod tests {
     #[test]
     fn pci_tables_are_valid_and_describe_the_host_bridge() {
         let pci = PciHost::for_memory(512);
-        let d = dsdt(Some(&pci));
+        let d = dsdt(&Platform {
+            pci: Some(&pci),
+            virtio_mmio: &[],
+        });
         let m = mcfg();
         for t in [&d, &m] {
             let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
@@ -313,6 +373,43 @@ mod tests {
         assert_eq!(&m[0..4], b"MCFG");
         assert_eq!(&m[44..52], &layout::PCI_ECAM_START.to_le_bytes());
         assert_eq!((m[54], m[55]), (0, layout::PCI_LAST_BUS));
+    }
+
+    #[test]
+    fn virtio_mmio_devices_are_lnro0005_with_memory_and_interrupt() {
+        let devices = [
+            VirtioMmioDevice {
+                base: 0xe100_0000,
+                gsi: 5,
+            },
+            VirtioMmioDevice {
+                base: 0xe100_1000,
+                gsi: 6,
+            },
+        ];
+        let d = dsdt(&Platform {
+            pci: None,
+            virtio_mmio: &devices,
+        });
+        let len = u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize;
+        assert_eq!(len, d.len());
+        assert!(checksum_ok(&d));
+        let count = |needle: &[u8]| d.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"LNRO0005\0"), 2);
+        assert_eq!(count(b"VM00"), 1);
+        assert_eq!(count(b"VM01"), 1);
+        for dev in devices {
+            // Memory32Fixed: tag 0x86, length 9, read-write, base, 4 KiB.
+            let mut mem32 = vec![0x86, 9, 0, 1];
+            mem32.extend_from_slice(&(dev.base as u32).to_le_bytes());
+            mem32.extend_from_slice(&0x1000u32.to_le_bytes());
+            assert_eq!(count(&mem32), 1, "{dev:?}");
+            // Extended Interrupt: tag 0x89, length 6, consumer + edge
+            // (active high, exclusive), one interrupt number.
+            let mut irq = vec![0x89, 6, 0, 0x03, 1];
+            irq.extend_from_slice(&dev.gsi.to_le_bytes());
+            assert_eq!(count(&irq), 1, "{dev:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
     "virtio_pci",
+    "virtio_mmio",
     "virtio_blk",
     "virtio_net",
     "vmw_vsock_virtio_transport",

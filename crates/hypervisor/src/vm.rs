@@ -193,6 +193,33 @@ impl Vm {
             .map_err(kvm_op("KVM_IOEVENTFD (deassign)"))
     }
 
+    /// Signal `evt` whenever the guest writes the 32-bit `value` to `addr`
+    /// (other values and widths go on to a vCPU exit).
+    pub fn register_ioevent_datamatch(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        value: u32,
+    ) -> Result<()> {
+        let op = "KVM_IOEVENTFD (datamatch)";
+        self.fd
+            .register_ioevent(evt, &addr, value)
+            .map_err(kvm_op(op))
+    }
+
+    /// Undo `register_ioevent_datamatch` for the same `evt`, `addr` and `value`.
+    pub fn unregister_ioevent_datamatch(
+        &self,
+        evt: &EventFd,
+        addr: IoEventAddress,
+        value: u32,
+    ) -> Result<()> {
+        let op = "KVM_IOEVENTFD (datamatch, deassign)";
+        self.fd
+            .unregister_ioevent(evt, &addr, value)
+            .map_err(kvm_op(op))
+    }
+
     /// Create vCPU number `id`.
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
         let fd = self.fd.create_vcpu(id).map_err(kvm_op("KVM_CREATE_VCPU"))?;
@@ -255,5 +282,7 @@ mod tests {
         let addr = IoEventAddress::Mmio(0xc000_3000);
         vm.register_ioevent(&evt, addr).unwrap();
         vm.unregister_ioevent(&evt, addr).unwrap();
+        vm.register_ioevent_datamatch(&evt, addr, 1).unwrap();
+        vm.unregister_ioevent_datamatch(&evt, addr, 1).unwrap();
     }
 }

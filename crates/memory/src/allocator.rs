@@ -1,5 +1,6 @@
 //! Guest resource allocation for devices: addresses in the 32-bit and 64-bit
-//! PCI BAR windows and GSIs for MSI vectors, on top of rust-vmm's
+//! PCI BAR windows, GSIs for MSI vectors, and virtio-mmio register blocks
+//! with their IOAPIC pins, on top of rust-vmm's
 //! vm-allocator. The VMM owns one `SystemAllocator` per VM.
 
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
@@ -26,6 +27,12 @@ pub enum AllocError {
     },
     #[error("no GSI left for an MSI vector: {0}")]
     Gsi(#[source] vm_allocator::Error),
+    #[error("no room left for a virtio-mmio device (at most {max}): {source}")]
+    VirtioMmio {
+        max: u64,
+        #[source]
+        source: vm_allocator::Error,
+    },
 }
 
 /// Which PCI BAR window an allocation comes from.
@@ -43,6 +50,8 @@ pub struct SystemAllocator {
     mmio64: AddressAllocator,
     mmio64_window: (u64, u64),
     gsis: IdAllocator,
+    virtio_mmio: AddressAllocator,
+    legacy_irqs: IdAllocator,
 }
 
 impl SystemAllocator {
@@ -58,6 +67,13 @@ impl SystemAllocator {
             mmio64_window,
             gsis: IdAllocator::new(layout::FIRST_MSI_GSI, layout::LAST_MSI_GSI)
                 .map_err(setup("GSI"))?,
+            virtio_mmio: AddressAllocator::new(layout::VIRTIO_MMIO_START, layout::VIRTIO_MMIO_SIZE)
+                .map_err(setup("virtio-mmio"))?,
+            legacy_irqs: IdAllocator::new(
+                layout::VIRTIO_MMIO_FIRST_IRQ,
+                layout::VIRTIO_MMIO_LAST_IRQ,
+            )
+            .map_err(setup("legacy IRQ"))?,
         })
     }
 
@@ -92,6 +108,20 @@ impl SystemAllocator {
     /// Allocate one GSI for an MSI vector.
     pub fn allocate_gsi(&mut self) -> Result<u32, AllocError> {
         self.gsis.allocate_id().map_err(AllocError::Gsi)
+    }
+
+    /// Allocate a virtio-mmio device's register block and its interrupt
+    /// line (an IOAPIC pin): (base, gsi).
+    pub fn allocate_virtio_mmio(&mut self) -> Result<(u64, u32), AllocError> {
+        let max = u64::from(layout::VIRTIO_MMIO_LAST_IRQ - layout::VIRTIO_MMIO_FIRST_IRQ + 1);
+        let err = |source| AllocError::VirtioMmio { max, source };
+        let gsi = self.legacy_irqs.allocate_id().map_err(err)?;
+        let size = layout::VIRTIO_MMIO_DEVICE_SIZE;
+        let base = self
+            .virtio_mmio
+            .allocate(size, size, AllocPolicy::FirstMatch)
+            .map_err(err)?;
+        Ok((base.start(), gsi))
     }
 
     /// Allocate `n` GSIs (one per MSI-X vector of a device).
@@ -145,10 +175,30 @@ mod tests {
         assert_eq!(a.allocate_gsi().unwrap(), 27);
     }
 
+    #[test]
+    fn virtio_mmio_devices_get_a_page_and_a_pin_each() {
+        let mut a = SystemAllocator::new(64).unwrap();
+        assert_eq!(a.allocate_virtio_mmio().unwrap(), (0xe100_0000, 5));
+        assert_eq!(a.allocate_virtio_mmio().unwrap(), (0xe100_1000, 6));
+        for _ in 7..=23 {
+            a.allocate_virtio_mmio().unwrap();
+        }
+        let e = a.allocate_virtio_mmio().unwrap_err();
+        assert!(e.to_string().contains("at most 19"), "{e}");
+        // MSI GSIs are a separate range.
+        assert_eq!(a.allocate_gsi().unwrap(), 24);
+    }
+
     // The fixed PCI regions fit in the 32-bit hole without overlapping.
     const _: () = {
         assert!(layout::PCI_MMIO_32_START + layout::PCI_MMIO_32_SIZE <= layout::PCI_ECAM_START);
         assert!(layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE <= layout::IOAPIC_START);
         assert!(layout::PCI_ECAM_SIZE == (layout::PCI_LAST_BUS as u64 + 1) << 20);
+        // virtio-mmio sits between ECAM and the IOAPIC, its pins below MSI.
+        assert!(layout::PCI_ECAM_START + layout::PCI_ECAM_SIZE <= layout::VIRTIO_MMIO_START);
+        assert!(layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_SIZE <= layout::KVM_TSS_START);
+        assert!(layout::VIRTIO_MMIO_START + layout::VIRTIO_MMIO_SIZE <= layout::IOAPIC_START);
+        assert!(layout::VIRTIO_MMIO_LAST_IRQ < layout::FIRST_MSI_GSI);
+        assert!(layout::VIRTIO_MMIO_FIRST_IRQ > layout::COM1_IRQ);
     };
 }

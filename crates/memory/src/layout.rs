@@ -65,6 +65,16 @@ pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// The last PCI bus number the ECAM region covers.
 pub const PCI_LAST_BUS: u8 = 0;
+/// virtio-mmio devices: one 4 KiB register block each, in a window of the
+/// 32-bit hole between ECAM and the IOAPIC (clear of the PCI BAR window,
+/// which ends at ECAM). Described to the guest in the DSDT.
+pub const VIRTIO_MMIO_START: u64 = 0xe100_0000;
+pub const VIRTIO_MMIO_DEVICE_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x10_0000;
+/// virtio-mmio interrupts: one IOAPIC pin each, after COM1's IRQ 4 and
+/// below the MSI GSIs (edge-triggered, active high, through an irqfd).
+pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
+pub const VIRTIO_MMIO_LAST_IRQ: u32 = 23;
 /// Legacy PCI configuration mechanism #1: address at 0xcf8, data at 0xcfc.
 pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_IO_PORT_SIZE: u64 = 8;

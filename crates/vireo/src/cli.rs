@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::config::DiskConfig;
+use vmm::config::{DiskConfig, Transport};
 use vmm::{ConsoleConfig, VmConfig};
 
 use crate::size;
@@ -263,6 +263,10 @@ pub struct RunArgs {
     /// Repeat for more disks; the guest sees them as vda, vdb, ...
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// virtio transport: pci (the default) or mmio (also chosen when the
+    /// command line has pci=off)
+    #[arg(long, value_name = "pci|mmio")]
+    pub transport: Option<Transport>,
     /// Run inside the nested emulation rig: auto (when /dev/kvm cannot run
     /// stock kernels), always, or never
     #[arg(long, value_name = "WHEN", default_value = "auto")]
@@ -371,6 +375,9 @@ impl RunArgs {
             config.console = c.clone();
         }
         config.disks.extend(self.disks.iter().cloned());
+        if let Some(t) = self.transport {
+            config.transport = t;
+        }
         Ok(RunRequest {
             config,
             use_default_guest,
@@ -429,6 +436,15 @@ mod tests {
             let err = run_args(&[flag, val]).err().unwrap().to_string();
             assert!(err.contains(val), "{err}");
         }
+    }
+
+    #[test]
+    fn transport_flag() {
+        let r = run_args(&["--transport", "mmio"]).unwrap();
+        assert_eq!(r.to_request().unwrap().config.transport, Transport::Mmio);
+        let r = run_args(&[]).unwrap();
+        assert_eq!(r.to_request().unwrap().config.transport, Transport::Pci);
+        assert!(run_args(&["--transport", "isa"]).is_err());
     }
 
     #[test]

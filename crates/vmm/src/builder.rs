@@ -44,7 +44,7 @@ pub struct Vm {
     pub(crate) control: Arc<crate::vcpu::VcpuControl>,
     pub(crate) buses: Arc<Buses>,
     /// The virtio transports, for pause and resume.
-    pub(crate) virtio: Vec<Arc<Mutex<devices::virtio::transport::VirtioPciDevice>>>,
+    pub(crate) virtio: Vec<crate::transport::SharedTransport>,
     /// The guest's kvm-clock when it was paused.
     pub(crate) paused_clock: Option<hypervisor::kvm_clock_data>,
     pub(crate) _pci: crate::pci::PciSegment,
@@ -211,6 +211,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     let mut pci = crate::pci::PciSegment::new(vm.clone(), config.memory_mib)?;
     pci.attach(&mut pio, &mut mmio)?;
     let mut virtio = Vec::new();
+    let transport = config.virtio_transport();
+    let mut virtio_mmio = crate::transport::MmioDevices::new(vm.clone());
     for d in &config.disks {
         // One queue per vCPU.
         let blk = devices::virtio::block::Block::new(
@@ -219,7 +221,14 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
             d.id.clone(),
             u16::from(config.vcpus),
         )?;
-        virtio.push(pci.add_virtio(Box::new(blk), &mem)?.0);
+        virtio.push(crate::transport::add_virtio(
+            transport,
+            Box::new(blk),
+            &mem,
+            &mut pci,
+            &mut virtio_mmio,
+            &mut mmio,
+        )?);
     }
 
     let kernel = arch::boot::load_kernel(&mem, &mut kernel_file).map_err(|source| Error::Load {
@@ -244,7 +253,11 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
             source,
         })?;
     let pci_host = arch::acpi::PciHost::for_memory(config.memory_mib);
-    let rsdp = arch::acpi::write_acpi_tables_with_pci(&mem, config.vcpus, Some(&pci_host))?;
+    let platform = arch::acpi::Platform {
+        pci: Some(&pci_host),
+        virtio_mmio: &virtio_mmio.described,
+    };
+    let rsdp = arch::acpi::write_acpi_tables_for(&mem, config.vcpus, &platform)?;
     match kernel.mode {
         EntryMode::Linux64 => {
             arch::boot::write_boot_params(&mem, &kernel, initrd, cmdline_len, rsdp)?

@@ -37,6 +37,28 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// How virtio devices reach the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// virtio-pci on the PCI segment (MSI-X interrupts).
+    #[default]
+    Pci,
+    /// virtio-mmio, described in the DSDT (one IOAPIC pin per device).
+    Mmio,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pci" => Ok(Transport::Pci),
+            "mmio" => Ok(Transport::Mmio),
+            _ => Err(format!("unknown transport '{s}' (use pci or mmio)")),
+        }
+    }
+}
+
 /// Everything needed to build one VM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +79,10 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// The virtio transport; `pci=off` on the command line means Mmio
+    /// whatever this says (`VmConfig::virtio_transport`).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -78,6 +104,18 @@ impl VmConfig {
             memory_mib: default_memory_mib(),
             console: ConsoleConfig::default(),
             disks: Vec::new(),
+            transport: Transport::default(),
+        }
+    }
+
+    /// The transport the devices go on: virtio-mmio when asked for, or
+    /// when the guest's command line turns PCI off (as Firecracker's
+    /// guides do), else virtio-pci.
+    pub fn virtio_transport(&self) -> Transport {
+        if self.cmdline.split_whitespace().any(|a| a == "pci=off") {
+            Transport::Mmio
+        } else {
+            self.transport
         }
     }
 
@@ -120,6 +158,22 @@ mod tests {
             c.full_cmdline("pci=off"),
             format!("{DEFAULT_CMDLINE} pci=off quiet")
         );
+    }
+
+    #[test]
+    fn transport_defaults_to_pci_and_pci_off_means_mmio() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k"}"#).unwrap();
+        assert_eq!(c.transport, Transport::Pci);
+        assert_eq!(c.virtio_transport(), Transport::Pci);
+        let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k","transport":"mmio"}"#).unwrap();
+        assert_eq!(c.virtio_transport(), Transport::Mmio);
+        let mut c = VmConfig::new("/k".into());
+        c.cmdline = "quiet pci=off".into();
+        assert_eq!(c.virtio_transport(), Transport::Mmio);
+        c.cmdline = "pci=offx".into();
+        assert_eq!(c.virtio_transport(), Transport::Pci);
+        assert_eq!("mmio".parse::<Transport>(), Ok(Transport::Mmio));
+        assert!("usb".parse::<Transport>().is_err());
     }
 
     #[test]

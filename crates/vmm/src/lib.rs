@@ -12,6 +12,7 @@ pub mod exit;
 pub mod lifecycle;
 pub mod pci;
 pub mod resources;
+pub mod transport;
 pub mod vcpu;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ pub enum Error {
     Bus(#[from] devices::BusError),
     #[error("PCI setup: {0}")]
     Pci(#[from] pci::PciSetupError),
+    #[error("virtio-mmio setup: {0}")]
+    VirtioMmio(#[from] transport::MmioSetupError),
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::Error),
     #[error("{what}: {source}")]

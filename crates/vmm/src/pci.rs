@@ -157,6 +157,18 @@ impl IoEventRegistrar for KvmIoEvents {
             .unregister_ioevent(evt, IoEventAddress::Mmio(addr))
             .map_err(io::Error::other)
     }
+
+    fn register_mmio_datamatch(&self, addr: u64, value: u32, evt: &EventFd) -> io::Result<()> {
+        self.vm
+            .register_ioevent_datamatch(evt, IoEventAddress::Mmio(addr), value)
+            .map_err(io::Error::other)
+    }
+
+    fn unregister_mmio_datamatch(&self, addr: u64, value: u32, evt: &EventFd) -> io::Result<()> {
+        self.vm
+            .unregister_ioevent_datamatch(evt, IoEventAddress::Mmio(addr), value)
+            .map_err(io::Error::other)
+    }
 }
 
 /// Segment 0 of a VM, with what it needs to add devices.

@@ -78,6 +78,15 @@ pub trait MsiRouter: Send + Sync {
 pub trait IoEventRegistrar: Send + Sync {
     fn register_mmio(&self, addr: u64, evt: &EventFd) -> io::Result<()>;
     fn unregister_mmio(&self, addr: u64, evt: &EventFd) -> io::Result<()>;
+    /// Like `register_mmio`, for 32-bit writes of `value` only (virtio-mmio's
+    /// QueueNotify, one eventfd per queue index). Unsupported unless the
+    /// registrar says otherwise; the write then exits to the vCPU thread.
+    fn register_mmio_datamatch(&self, _addr: u64, _value: u32, _evt: &EventFd) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    fn unregister_mmio_datamatch(&self, _addr: u64, _value: u32, _evt: &EventFd) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A router that delivers nothing and an ioevent registrar that registers

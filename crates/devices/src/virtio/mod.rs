@@ -1,5 +1,6 @@
 //! Virtio devices: the contract every device implements (`VirtioDevice`),
-//! independent of the transport that exposes it to the guest (virtio-pci).
+//! independent of the transport that exposes it to the guest (virtio-pci or
+//! virtio-mmio, both through `transport::TransportCore`).
 //!
 //! Life cycle, driven by the transport as the guest driver goes through the
 //! virtio status steps:

@@ -34,6 +34,8 @@ mod fuzz_lite;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[cfg(test)]
+mod mmio_tests;
+#[cfg(test)]
 mod pci_tests;
 #[cfg(test)]
 mod test_utils;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -72,14 +72,6 @@ fn attach(block: Block, mem: &memory::GuestMemory) -> Pci {
     Pci { bus }
 }
 
-fn wait_used(d: &Driver, n: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.used_idx() < n {
-        assert!(Instant::now() < deadline, "timed out waiting for {n} used");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn block_through_the_virtio_pci_transport() {
     let img = TempImage::patterned(1 << 20);
@@ -123,22 +115,9 @@ fn block_through_the_virtio_pci_transport() {
         assert_eq!(pci.status() & STATUS_DEVICE_NEEDS_RESET, 0);
 
         let mut drivers = drivers;
-        let data = vec![round + 1; 4096];
-        let w = drivers[0].write(16, &data);
-        let f = drivers[0].bare(VIRTIO_BLK_T_FLUSH);
-        let r = drivers[1].read(3, 1024);
-        let id = drivers[1].get_id(20);
-        pci.write(NOTIFY, 1, 2);
-        pci.write(NOTIFY + 4, 1, 2);
-        wait_used(&drivers[0], 2);
-        wait_used(&drivers[1], 2);
-        let ok = VIRTIO_BLK_S_OK as u8;
-        assert_eq!(drivers[0].status(&w), ok);
-        assert_eq!(drivers[0].status(&f), ok);
-        assert_eq!(drivers[1].status(&r), ok);
-        assert_eq!(drivers[1].bytes(r.data, 1024), img.read_at(3 * 512, 1024));
-        assert_eq!(&drivers[1].bytes(id.data, 3), b"e2e");
-        assert_eq!(img.read_at(16 * 512, 4096), data);
+        write_flush_read_id(&mut drivers, &img, round, b"e2e", |q| {
+            pci.write(NOTIFY + 4 * u64::from(q), 1, 2)
+        });
         // Zero the rings for the next round's fresh drivers.
         for d in &drivers {
             vm_memory::Bytes::write_slice(&mem, &[0u8; 0x1000], d.mock.desc_table_addr()).unwrap();

@@ -428,3 +428,44 @@ pub fn assert_path_in(err: &impl std::fmt::Display, path: &Path) {
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
+
+/// Wait (up to 10 s) until `d`'s used ring has `n` entries.
+pub fn wait_used(d: &Driver, n: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.used_idx() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {n} used"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The round the transport tests run on a freshly activated device: a
+/// write and a flush on queue 0, a read and a GET_ID on queue 1, kicked by
+/// `kick(queue)`, then checked against the image (`serial` is the
+/// device's id).
+pub fn write_flush_read_id(
+    drivers: &mut [Driver],
+    img: &TempImage,
+    round: u8,
+    serial: &[u8],
+    mut kick: impl FnMut(u16),
+) {
+    let data = vec![round + 1; 4096];
+    let w = drivers[0].write(16, &data);
+    let f = drivers[0].bare(virtio_bindings::virtio_blk::VIRTIO_BLK_T_FLUSH);
+    let r = drivers[1].read(3, 1024);
+    let id = drivers[1].get_id(20);
+    kick(0);
+    kick(1);
+    wait_used(&drivers[0], 2);
+    wait_used(&drivers[1], 2);
+    let ok = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
+    assert_eq!(drivers[0].status(&w), ok);
+    assert_eq!(drivers[0].status(&f), ok);
+    assert_eq!(drivers[1].status(&r), ok);
+    assert_eq!(drivers[1].bytes(r.data, 1024), img.read_at(3 * 512, 1024));
+    assert_eq!(drivers[1].bytes(id.data, serial.len()), serial);
+    assert_eq!(img.read_at(16 * 512, 4096), data);
+}

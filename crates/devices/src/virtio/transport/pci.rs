@@ -4,29 +4,25 @@
 //! the queue doorbells and the MSI-X table and PBA, each described by a
 //! virtio vendor capability.
 //!
-//! The transport drives a `VirtioDevice` through its life cycle: feature
-//! negotiation (FEATURES_OK is refused for features the device did not
-//! offer or without VERSION_1), queue setup (sizes and ring addresses are
-//! checked), DRIVER_OK (build the queues, register one KVM ioeventfd per
-//! queue doorbell, `activate`), and reset (status 0: `VirtioDevice::reset`
-//! and the transport back to its initial state). Interrupts go out on the
-//! queue's or the config MSI-X vector, held pending while masked.
+//! The virtio life cycle (feature negotiation, queue checks, DRIVER_OK,
+//! the asynchronous reset) is the shared `TransportCore` (`core.rs`); this
+//! file holds what is PCI's own: configuration space and capabilities, the
+//! BAR layout, MSI-X (interrupts go out on the queue's or the config
+//! vector, held pending while masked) and the doorbells' ioeventfds, which
+//! follow BAR 0 when the guest moves it.
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::core::{CoreError, TransportCore, TransportHooks, VirtioTransport};
 use super::pci_common::*;
 use crate::bus::lock;
 use crate::pci::config::{BarKind, ConfigError, ConfigSpace, ConfigSpaceState, PciIds};
 use crate::pci::msix::{MsixLayout, MsixState};
 use crate::pci::{IoEventRegistrar, MsiRouter, Msix, MsixError, PciDevice, MSIX_NO_VECTOR};
-use crate::virtio::{
-    device_type, ActiveQueue, GuestMemory, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{device_type, GuestMemory, Interrupt, VirtioDevice};
 
 /// PCI vendor id of virtio devices, and the modern device id base.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -60,28 +56,18 @@ const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
 const CAP_PCI_CFG: u8 = 5;
 
-/// VIRTIO_RING_F_EVENT_IDX.
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// ISR bits.
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioPciError {
-    #[error("virtio device type {device_type}: {queues} queues (the transport supports 1 to {MAX_QUEUES})")]
-    QueueCount { device_type: u32, queues: usize },
-    #[error("virtio device type {device_type}: queue {queue} maximum size {size} is not a power of two up to 32768")]
-    QueueMaxSize {
-        device_type: u32,
-        queue: usize,
-        size: u16,
-    },
+    #[error("virtio-pci: {0}")]
+    Core(#[from] CoreError),
     #[error("virtio-pci BAR: {0}")]
     Config(#[from] ConfigError),
     #[error("virtio-pci MSI-X: {0}")]
     Msix(#[from] MsixError),
-    #[error("cannot create a queue eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
 }
 
 /// What the VMM hands a new virtio-pci function.
@@ -157,20 +143,83 @@ pub struct VirtioPciDevice {
     /// The VIRTIO_PCI_CAP_PCI_CFG capability: a window into BAR 0 through
     /// configuration space (bar, offset, length, then 4 data bytes).
     pci_cfg_cap: usize,
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    state: TransportState,
+    core: TransportCore,
+    side: PciSide,
+}
+
+/// The PCI half of the transport's state: what `TransportHooks` acts on.
+struct PciSide {
     interrupt: Arc<Mutex<InterruptState>>,
-    /// One doorbell eventfd per queue, for the transport's whole life.
-    kicks: Vec<EventFd>,
     ioevents: Arc<dyn IoEventRegistrar>,
     /// Where BAR 0 decodes now, and where the doorbells are registered.
     bar_addr: Option<u64>,
     ioevents_at: Option<u64>,
     /// Queues registered as ioeventfds (transport indexes).
     ioevent_queues: Vec<u16>,
-    /// A reset was written and the device has not finished it yet.
-    resetting: bool,
+}
+
+fn doorbell(base: u64, queue: u16) -> u64 {
+    base + NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER)
+}
+
+impl TransportHooks for PciSide {
+    fn register_doorbells(&mut self, queues: &[u16], kicks: &[EventFd]) {
+        self.unregister_doorbells(kicks);
+        let Some(base) = self.bar_addr else {
+            return;
+        };
+        for q in queues {
+            let Some(kick) = kicks.get(usize::from(*q)) else {
+                continue;
+            };
+            // Without an ioeventfd the doorbell still works: the write exits
+            // to the vCPU thread and `write_bar` signals the same eventfd.
+            if self
+                .ioevents
+                .register_mmio(doorbell(base, *q), kick)
+                .is_ok()
+            {
+                self.ioevent_queues.push(*q);
+            }
+        }
+        self.ioevents_at = Some(base);
+    }
+
+    fn unregister_doorbells(&mut self, kicks: &[EventFd]) {
+        if let Some(base) = self.ioevents_at.take() {
+            for q in self.ioevent_queues.drain(..) {
+                if let Some(kick) = kicks.get(usize::from(q)) {
+                    let _ = self.ioevents.unregister_mmio(doorbell(base, q), kick);
+                }
+            }
+        }
+    }
+
+    fn interrupt(&mut self, queue_map: Vec<u16>) -> Arc<dyn Interrupt> {
+        Arc::new(PciInterrupt {
+            shared: self.interrupt.clone(),
+            queue_map,
+        })
+    }
+
+    fn signal_config(&mut self) {
+        let _ = signal_config(&self.interrupt);
+    }
+
+    /// Clear the queue and config vectors at once.
+    fn reset_started(&mut self) {
+        let mut s = lock(&self.interrupt);
+        s.config_vector = MSIX_NO_VECTOR;
+        s.queue_vectors.fill(MSIX_NO_VECTOR);
+    }
+
+    /// MSI-X (PCI function state) stays.
+    fn reset_finished(&mut self) {
+        let mut s = lock(&self.interrupt);
+        s.isr = 0;
+        s.config_vector = MSIX_NO_VECTOR;
+        s.queue_vectors.fill(MSIX_NO_VECTOR);
+    }
 }
 
 fn pci_class(device_type: u32) -> (u8, u8, u8) {
@@ -223,22 +272,9 @@ impl VirtioPciDevice {
         res: VirtioPciResources,
     ) -> Result<Self, VirtioPciError> {
         let dtype = device.device_type();
-        let max_sizes = device.queue_max_sizes();
-        if max_sizes.is_empty() || max_sizes.len() > MAX_QUEUES {
-            return Err(VirtioPciError::QueueCount {
-                device_type: dtype,
-                queues: max_sizes.len(),
-            });
-        }
-        for (queue, size) in max_sizes.iter().enumerate() {
-            if Queue::new(*size).is_err() {
-                return Err(VirtioPciError::QueueMaxSize {
-                    device_type: dtype,
-                    queue,
-                    size: *size,
-                });
-            }
-        }
+        let vectors = Self::msix_vectors(&*device);
+        let core = TransportCore::new(device, mem, MAX_QUEUES)?;
+        let queue_count = core.kicks().len();
         let mut config = ConfigSpace::new(PciIds {
             vendor_id: VIRTIO_PCI_VENDOR_ID,
             device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(dtype as u16),
@@ -248,7 +284,6 @@ impl VirtioPciDevice {
             subsystem_id: VIRTIO_PCI_SUBSYSTEM_ID,
         });
         config.add_bar(BAR_INDEX, res.bar_kind, BAR_SIZE, res.bar_addr)?;
-        let vectors = Self::msix_vectors(&*device);
         let layout = MsixLayout {
             vectors,
             table_bar: BAR_INDEX as u8,
@@ -257,7 +292,7 @@ impl VirtioPciDevice {
             pba_offset: MSIX_PBA_OFFSET as u32,
         };
         let msix_cap = layout.add_capability(&mut config)?;
-        let queues = max_sizes.len() as u64;
+        let queues = queue_count as u64;
         add_virtio_cap(
             &mut config,
             CAP_COMMON_CFG,
@@ -282,49 +317,30 @@ impl VirtioPciDevice {
         )?;
         let pci_cfg_cap = add_pci_cfg_cap(&mut config)?;
         let msix = Msix::new(vectors, res.gsis, res.msi_router)?;
-        let kicks = (0..max_sizes.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(VirtioPciDevice {
             config,
             msix_cap,
             pci_cfg_cap,
-            device,
-            mem,
-            state: TransportState::new(&max_sizes),
-            interrupt: Arc::new(Mutex::new(InterruptState {
-                msix,
-                isr: 0,
-                config_vector: MSIX_NO_VECTOR,
-                queue_vectors: vec![MSIX_NO_VECTOR; max_sizes.len()],
-                config_generation: 0,
-            })),
-            kicks,
-            ioevents: res.ioevents,
-            bar_addr: None,
-            ioevents_at: None,
-            ioevent_queues: Vec::new(),
-            resetting: false,
+            core,
+            side: PciSide {
+                interrupt: Arc::new(Mutex::new(InterruptState {
+                    msix,
+                    isr: 0,
+                    config_vector: MSIX_NO_VECTOR,
+                    queue_vectors: vec![MSIX_NO_VECTOR; queue_count],
+                    config_generation: 0,
+                })),
+                ioevents: res.ioevents,
+                bar_addr: None,
+                ioevents_at: None,
+                ioevent_queues: Vec::new(),
+            },
         })
     }
 
-    /// The device behind the transport.
-    pub fn device(&self) -> &dyn VirtioDevice {
-        &*self.device
-    }
-
-    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
-        &mut *self.device
-    }
-
-    /// Tell the driver the device configuration changed (e.g. a resize).
-    pub fn signal_config_change(&self) -> std::io::Result<()> {
-        signal_config(&self.interrupt)
-    }
-
     pub fn state(&self) -> VirtioPciState {
-        let s = lock(&self.interrupt);
-        let mut transport = self.state.clone();
+        let s = lock(&self.side.interrupt);
+        let mut transport = self.core.state().clone();
         transport.config_msix_vector = s.config_vector;
         transport.config_generation = s.config_generation;
         for (q, v) in transport.queues.iter_mut().zip(&s.queue_vectors) {
@@ -340,14 +356,14 @@ impl VirtioPciDevice {
 
     /// The guest address of queue `queue`'s doorbell, if BAR 0 decodes.
     pub fn notify_address(&self, queue: u16) -> Option<u64> {
-        Some(self.bar_addr? + NOTIFY_OFFSET + u64::from(queue) * u64::from(NOTIFY_MULTIPLIER))
+        Some(doorbell(self.side.bar_addr?, queue))
     }
 
     fn read_common(&mut self, offset: u64, data: &mut [u8]) {
-        self.poll_reset();
-        let mut view = self.state.clone();
+        self.core.poll_reset(&mut self.side);
+        let mut view = self.core.state().clone();
         {
-            let s = lock(&self.interrupt);
+            let s = lock(&self.side.interrupt);
             view.config_msix_vector = s.config_vector;
             view.config_generation = s.config_generation;
             let sel = usize::from(view.queue_select);
@@ -355,238 +371,42 @@ impl VirtioPciDevice {
                 q.msix_vector = *v;
             }
         }
-        view.read(offset, data, self.device.avail_features());
+        view.read(offset, data, self.core.device().avail_features());
     }
 
     fn write_common(&mut self, offset: u64, data: &[u8]) {
         // Until a reset is done the driver must only poll device_status.
-        if self.poll_reset() {
+        if self.core.poll_reset(&mut self.side) {
             return;
         }
         let Some(w) = decode_write(offset, data) else {
             return;
         };
-        let status = self.state.device_status;
-        let setting_up = status & STATUS_DRIVER_OK == 0;
+        let core = &mut self.core;
         match w {
-            CommonWrite::DeviceFeatureSelect(v) => self.state.device_feature_select = v,
-            CommonWrite::DriverFeatureSelect(v) => self.state.driver_feature_select = v,
-            CommonWrite::DriverFeature(v) => {
-                // Features are fixed once FEATURES_OK is set.
-                if status & STATUS_FEATURES_OK == 0 {
-                    let shift = match self.state.driver_feature_select {
-                        0 => 0,
-                        1 => 32,
-                        _ => return,
-                    };
-                    let f = &mut self.state.driver_features;
-                    *f = (*f & !(0xffff_ffffu64 << shift)) | u64::from(v) << shift;
-                }
-            }
+            CommonWrite::DeviceFeatureSelect(v) => core.state_mut().device_feature_select = v,
+            CommonWrite::DriverFeatureSelect(v) => core.state_mut().driver_feature_select = v,
+            CommonWrite::DriverFeature(v) => core.write_driver_features(v),
             CommonWrite::ConfigMsixVector(v) => {
-                let mut s = lock(&self.interrupt);
+                let mut s = lock(&self.side.interrupt);
                 s.config_vector = checked_vector(v, s.msix.vectors());
             }
-            CommonWrite::DeviceStatus(v) => self.write_status(v),
-            CommonWrite::QueueSelect(v) => self.state.queue_select = v,
+            CommonWrite::DeviceStatus(v) => core.write_status(v, &mut self.side),
+            CommonWrite::QueueSelect(v) => core.state_mut().queue_select = v,
             CommonWrite::QueueMsixVector(v) => {
-                let q = usize::from(self.state.queue_select);
-                let mut s = lock(&self.interrupt);
+                let q = usize::from(core.state().queue_select);
+                let mut s = lock(&self.side.interrupt);
                 let n = s.msix.vectors();
                 if let Some(slot) = s.queue_vectors.get_mut(q) {
                     *slot = checked_vector(v, n);
                 }
             }
-            CommonWrite::QueueSize(v) => {
-                if let Some(q) = self
-                    .state
-                    .selected_mut()
-                    .filter(|q| !q.enabled && setting_up)
-                {
-                    // Checked when the queue is enabled.
-                    q.size = v;
-                }
-            }
-            CommonWrite::QueueAddress(which, v, mask) => {
-                if let Some(q) = self
-                    .state
-                    .selected_mut()
-                    .filter(|q| !q.enabled && setting_up)
-                {
-                    let a = match which {
-                        0 => &mut q.desc,
-                        1 => &mut q.driver,
-                        _ => &mut q.device,
-                    };
-                    *a = (*a & !mask) | (v & mask);
-                }
-            }
-            CommonWrite::QueueEnable(v) => {
-                if v != 1 || !setting_up {
-                    return;
-                }
-                let Some(q) = self.state.selected().copied() else {
-                    return;
-                };
-                if q.enabled {
-                    return;
-                }
-                if build_queue(&q, &self.mem, false).is_some() {
-                    if let Some(q) = self.state.selected_mut() {
-                        q.enabled = true;
-                    }
-                } else {
-                    self.needs_reset();
-                }
-            }
+            CommonWrite::QueueSize(v) => core.write_queue_size(v),
+            CommonWrite::QueueAddress(which, v, mask) => core.write_queue_address(which, v, mask),
+            // The driver must not write 0 (virtio 1.2, 4.1.4.3.2).
+            CommonWrite::QueueEnable(1) => core.enable_queue(&mut self.side),
+            CommonWrite::QueueEnable(_) => {}
         }
-    }
-
-    fn write_status(&mut self, v: u8) {
-        if v == 0 {
-            self.begin_reset();
-            return;
-        }
-        let old = self.state.device_status;
-        // The driver only ever adds bits; it cannot clear them but by reset.
-        let mut new = old | v;
-        if new & STATUS_FEATURES_OK != 0 && old & STATUS_FEATURES_OK == 0 {
-            let f = self.state.driver_features;
-            let offered = self.device.avail_features();
-            if f & !offered != 0 || f & VIRTIO_F_VERSION_1 == 0 {
-                new &= !STATUS_FEATURES_OK;
-            } else {
-                self.device.ack_features(f);
-            }
-        }
-        if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
-            if new & STATUS_FEATURES_OK == 0 {
-                new &= !STATUS_DRIVER_OK;
-            } else {
-                self.state.device_status = new;
-                if !self.activate() {
-                    self.needs_reset();
-                }
-                return;
-            }
-        }
-        self.state.device_status = new;
-    }
-
-    /// Enter DEVICE_NEEDS_RESET and tell the driver.
-    fn needs_reset(&mut self) {
-        self.state.device_status |= STATUS_DEVICE_NEEDS_RESET;
-        let _ = signal_config(&self.interrupt);
-    }
-
-    /// DRIVER_OK: build the enabled queues, register their doorbells and
-    /// start the device. False if anything is wrong.
-    fn activate(&mut self) -> bool {
-        let event_idx = self.state.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut queues = Vec::new();
-        let mut queue_map = Vec::new();
-        for (i, q) in self.state.queues.iter().enumerate() {
-            if !q.enabled {
-                continue;
-            }
-            let Some(queue) = build_queue(q, &self.mem, event_idx) else {
-                return false;
-            };
-            let Ok(kick) = self.kicks[i].try_clone() else {
-                return false;
-            };
-            queues.push(ActiveQueue { queue, kick });
-            queue_map.push(i as u16);
-        }
-        self.register_ioevents(&queue_map);
-        let interrupt = Arc::new(PciInterrupt {
-            shared: self.interrupt.clone(),
-            queue_map,
-        });
-        match self.device.activate(self.mem.clone(), queues, interrupt) {
-            Ok(()) => {
-                self.state.activated = true;
-                true
-            }
-            Err(_) => {
-                self.unregister_ioevents();
-                false
-            }
-        }
-    }
-
-    fn register_ioevents(&mut self, queues: &[u16]) {
-        self.unregister_ioevents();
-        let Some(base) = self.bar_addr else {
-            return;
-        };
-        for q in queues {
-            let addr = base + NOTIFY_OFFSET + u64::from(*q) * u64::from(NOTIFY_MULTIPLIER);
-            // Without an ioeventfd the doorbell still works: the write exits
-            // to the vCPU thread and `write_bar` signals the same eventfd.
-            if self
-                .ioevents
-                .register_mmio(addr, &self.kicks[usize::from(*q)])
-                .is_ok()
-            {
-                self.ioevent_queues.push(*q);
-            }
-        }
-        self.ioevents_at = Some(base);
-    }
-
-    fn unregister_ioevents(&mut self) {
-        if let Some(base) = self.ioevents_at.take() {
-            for q in self.ioevent_queues.drain(..) {
-                let addr = base + NOTIFY_OFFSET + u64::from(q) * u64::from(NOTIFY_MULTIPLIER);
-                let _ = self
-                    .ioevents
-                    .unregister_mmio(addr, &self.kicks[usize::from(q)]);
-            }
-        }
-    }
-
-    /// Device reset: tell the device to stop, drop the doorbells and the
-    /// interrupt vectors (so a worker still finishing signals nothing), and
-    /// finish at once if the device is already done.
-    fn begin_reset(&mut self) {
-        if self.state.device_status != 0 || self.state.activated {
-            self.device.reset();
-        }
-        self.unregister_ioevents();
-        {
-            let mut s = lock(&self.interrupt);
-            s.config_vector = MSIX_NO_VECTOR;
-            s.queue_vectors.fill(MSIX_NO_VECTOR);
-        }
-        self.resetting = true;
-        self.poll_reset();
-    }
-
-    /// If a reset is pending and the device has finished it, complete it.
-    /// Returns whether a reset is still pending.
-    fn poll_reset(&mut self) -> bool {
-        if self.resetting && self.device.reset_done() {
-            self.finish_reset();
-        }
-        self.resetting
-    }
-
-    /// Return every register to its initial value. MSI-X (PCI function
-    /// state) stays.
-    fn finish_reset(&mut self) {
-        self.resetting = false;
-        for k in &self.kicks {
-            let _ = k.read();
-        }
-        let max: Vec<u16> = self.state.queues.iter().map(|q| q.max_size).collect();
-        let generation = self.state.config_generation;
-        self.state = TransportState::new(&max);
-        self.state.config_generation = generation;
-        let mut s = lock(&self.interrupt);
-        s.isr = 0;
-        s.config_vector = MSIX_NO_VECTOR;
-        s.queue_vectors.fill(MSIX_NO_VECTOR);
     }
 
     fn read_bar0(&mut self, offset: u64, data: &mut [u8]) {
@@ -595,19 +415,19 @@ impl VirtioPciDevice {
             o if (ISR_OFFSET..ISR_OFFSET + ISR_LEN).contains(&o) => {
                 data.fill(0);
                 // Reading the ISR clears it.
-                let mut s = lock(&self.interrupt);
+                let mut s = lock(&self.side.interrupt);
                 data[0] = std::mem::take(&mut s.isr);
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
-                self.device.read_config(o - DEVICE_CFG_OFFSET, data);
+                self.core.device().read_config(o - DEVICE_CFG_OFFSET, data);
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
-                lock(&self.interrupt)
+                lock(&self.side.interrupt)
                     .msix
                     .read_table(o - MSIX_TABLE_OFFSET, data);
             }
             o if o >= MSIX_PBA_OFFSET => {
-                lock(&self.interrupt)
+                lock(&self.side.interrupt)
                     .msix
                     .read_pba(o - MSIX_PBA_OFFSET, data);
             }
@@ -619,17 +439,17 @@ impl VirtioPciDevice {
         match offset {
             o if o < COMMON_OFFSET + COMMON_CFG_LEN => self.write_common(o, data),
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_LEN).contains(&o) => {
-                self.device.write_config(o - DEVICE_CFG_OFFSET, data);
+                self.core
+                    .device_mut()
+                    .write_config(o - DEVICE_CFG_OFFSET, data);
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + NOTIFY_LEN).contains(&o) => {
                 // A doorbell that reached us (no ioeventfd): kick by hand.
-                let q = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
-                if let Some(k) = usize::try_from(q).ok().and_then(|q| self.kicks.get(q)) {
-                    let _ = k.write(1);
-                }
+                self.core
+                    .kick((o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER));
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
-                lock(&self.interrupt)
+                lock(&self.side.interrupt)
                     .msix
                     .write_table(o - MSIX_TABLE_OFFSET, data);
             }
@@ -670,26 +490,6 @@ fn checked_vector(v: u16, vectors: u16) -> u16 {
     }
 }
 
-/// A `Queue` from the driver's setup, or None if the size is not a power of
-/// two up to the maximum, a ring address is misaligned, or a ring is not in
-/// guest memory.
-fn build_queue(q: &QueueConfig, mem: &GuestMemory, event_idx: bool) -> Option<Queue> {
-    let mut queue = Queue::new(q.max_size).ok()?;
-    queue.try_set_size(q.size).ok()?;
-    queue
-        .try_set_desc_table_address(GuestAddress(q.desc))
-        .ok()?;
-    queue
-        .try_set_avail_ring_address(GuestAddress(q.driver))
-        .ok()?;
-    queue
-        .try_set_used_ring_address(GuestAddress(q.device))
-        .ok()?;
-    queue.set_event_idx(event_idx);
-    queue.set_ready(true);
-    queue.is_valid(mem).then_some(queue)
-}
-
 impl PciDevice for VirtioPciDevice {
     fn config(&self) -> &ConfigSpace {
         &self.config
@@ -716,7 +516,7 @@ impl PciDevice for VirtioPciDevice {
         let end = offset.saturating_add(data.len());
         if offset < control + 2 && end > control {
             let value = self.config.read_u16(control);
-            lock(&self.interrupt).msix.set_control(value);
+            lock(&self.side.interrupt).msix.set_control(value);
         }
         if self.touches_pci_cfg_data(offset, data.len()) {
             if let Some((bar_offset, len)) = self.pci_cfg_window() {
@@ -745,19 +545,31 @@ impl PciDevice for VirtioPciDevice {
         if bar != BAR_INDEX {
             return;
         }
-        self.bar_addr = to;
-        if self.state.activated {
+        self.side.bar_addr = to;
+        if self.core.state().activated {
             // Move the doorbells: off the old address, onto the new one.
-            let active: Vec<u16> = (0..self.state.queues.len() as u16)
-                .filter(|q| self.state.queues[usize::from(*q)].enabled)
-                .collect();
-            self.register_ioevents(&active);
+            let active = self.core.enabled_queues();
+            self.side.register_doorbells(&active, self.core.kicks());
         }
+    }
+}
+
+impl VirtioTransport for VirtioPciDevice {
+    fn core(&self) -> &TransportCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut TransportCore {
+        &mut self.core
+    }
+
+    fn signal_config_change(&self) -> std::io::Result<()> {
+        signal_config(&self.side.interrupt)
     }
 }
 
 impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
-        self.unregister_ioevents();
+        self.side.unregister_doorbells(self.core.kicks());
     }
 }

@@ -6,74 +6,16 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::fake_device::{FakeDevice, Seen, FEATURE_A};
 use super::pci::*;
 use super::pci_common::*;
 use crate::bus::{lock, BusDevice};
 use crate::pci::config::{self, capabilities, BarKind};
 use crate::pci::msix::tests::FakeRouter;
 use crate::pci::{IoEventRegistrar, PciBus, PciConfigMmio, SharedPciBus, MSIX_NO_VECTOR};
-use crate::virtio::{
-    device_type, ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{GuestMemory, VIRTIO_F_VERSION_1};
 
 const BAR: u64 = 0xc000_0000;
-const FEATURE_A: u64 = 1 << 5;
-
-#[derive(Default)]
-struct Seen {
-    acked: Option<u64>,
-    activations: usize,
-    resets: usize,
-    queues: Vec<ActiveQueue>,
-    interrupt: Option<Arc<dyn Interrupt>>,
-    fail_activate: bool,
-}
-
-struct FakeDevice(Arc<Mutex<Seen>>);
-
-impl VirtioDevice for FakeDevice {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
-    }
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![16, 16]
-    }
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | FEATURE_A
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.0.lock().unwrap().acked = Some(features);
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset.saturating_add(i as u64).try_into().unwrap_or(0);
-        }
-    }
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(
-        &mut self,
-        _mem: GuestMemory,
-        queues: Vec<ActiveQueue>,
-        interrupt: Arc<dyn Interrupt>,
-    ) -> Result<(), ActivateError> {
-        let mut s = self.0.lock().unwrap();
-        if s.fail_activate {
-            return Err(ActivateError::Other("told to fail".into()));
-        }
-        s.activations += 1;
-        s.queues = queues;
-        s.interrupt = Some(interrupt);
-        Ok(())
-    }
-    fn reset(&mut self) {
-        let mut s = self.0.lock().unwrap();
-        s.resets += 1;
-        s.queues.clear();
-        s.interrupt = None;
-    }
-}
-
 #[derive(Default)]
 struct FakeIoEvents(Mutex<Vec<u64>>);
 
@@ -103,7 +45,7 @@ fn rig() -> Rig {
     let mem = memory::create_guest_memory(16).unwrap();
     let ioevents = Arc::new(FakeIoEvents::default());
     let router = Arc::new(FakeRouter::default());
-    let device = Box::new(FakeDevice(seen.clone()));
+    let device = Box::new(FakeDevice::new(seen.clone()));
     assert_eq!(VirtioPciDevice::msix_vectors(&*device), 3);
     let dev = VirtioPciDevice::new(
         device,
