@@ -428,24 +428,34 @@ fn wait_uptimes(console: &Path, n: usize, timeout: Duration) -> Vec<f64> {
 
 /// A stock Debian guest (the default guest) driven through the API on
 /// whichever path this host needs (here: the nested rig, with the socket on
-/// the host and requests relayed into L1): configure, start, read the
-/// console, pause (the console and the guest's clock stop), resume, and
-/// Ctrl-Alt-Del, after which the guest reboots and Vireo exits 0.
+/// the host and requests relayed into L1), in Firecracker's getting-started
+/// shape: boot args with `pci=off` and a root drive, which the guest's
+/// stock virtio_mmio driver finds through ACPI. Configure, start, read the
+/// console (the drive's file, and the transport it came through), pause
+/// (the console and the guest's clock stop), resume, and Ctrl-Alt-Del,
+/// after which the guest reboots and Vireo exits 0.
 #[test]
 fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_del() {
     common::announce_path();
     let g = guest::ensure_default_guest().expect("default guest");
     let vmm = Vmm::start_with("stock", &[]);
     let console = scratch("stock.console");
+    let dir = scratch("rootfs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = common::ext4_image(&dir, 16, &[("hello", "hello from the root drive")]);
     // Exit status 7 if the loop ever ends: Ctrl-Alt-Del must end it first.
-    let script = "i=0; while [ $i -lt 600 ]; do echo up $(cut -d' ' -f1 /proc/uptime); \
+    let script = "mkdir -p /mnt; mount -t ext4 /dev/vda /mnt && cat /mnt/hello; echo; \
+                  echo dev $(readlink -f /sys/block/vda); \
+                  i=0; while [ $i -lt 600 ]; do echo up $(cut -d' ' -f1 /proc/uptime); \
                   sleep 0.3; i=$((i+1)); done; exit 7";
     let cmd = guest::command_param(&["sh".into(), "-c".into(), script.into()]);
     vmm.ok(
         "PUT",
         "/boot-source",
         &format!(
-            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "quiet {cmd}"}}"#,
+            r#"{{"kernel_image_path": "{}", "initrd_path": "{}",
+                 "boot_args": "console=ttyS0 reboot=k panic=1 pci=off quiet {cmd}"}}"#,
             g.kernel.display(),
             g.initrd.display()
         ),
@@ -454,6 +464,15 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
         "PUT",
         "/machine-config",
         r#"{"vcpu_count": 1, "mem_size_mib": 256}"#,
+    );
+    vmm.ok(
+        "PUT",
+        "/drives/rootfs",
+        &format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true,
+                 "is_read_only": false}}"#,
+            rootfs.display()
+        ),
     );
     vmm.ok(
         "PUT",
@@ -473,6 +492,14 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
     eprintln!("InstanceStart answered after {:.1?}", t0.elapsed());
     assert_eq!(vmm.state(), "Running");
     wait_uptimes(&console, 3, common::BOOT_TIMEOUT);
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.contains("hello from the root drive"), "{text}");
+    // The drive came through virtio-mmio, described by ACPI (LNRO0005).
+    let dev = text
+        .lines()
+        .find_map(|l| l.strip_prefix("dev "))
+        .unwrap_or_default();
+    assert!(dev.contains("LNRO0005"), "vda is not on virtio-mmio: {dev}");
 
     vmm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     assert_eq!(vmm.state(), "Paused");

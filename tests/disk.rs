@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_guest, vireo, QUICK_TIMEOUT};
+use common::{ext4_image, run_guest, vireo, QUICK_TIMEOUT};
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir =
@@ -19,28 +19,6 @@ fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// An ext4 image of `mib` MiB holding `files` (made with mkfs.ext4 -d).
-fn ext4_image(dir: &Path, mib: u64, files: &[(&str, &str)]) -> PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    for (name, text) in files {
-        std::fs::write(root.join(name), text).unwrap();
-    }
-    let img = dir.join("ext4.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(mib << 20)
-        .unwrap();
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&img)
-        .output()
-        .expect("mkfs.ext4 (e2fsprogs) must be installed");
-    assert!(out.status.success(), "mkfs.ext4: {out:?}");
-    img
 }
 
 /// Read a file out of an ext4 image on the host with debugfs.

@@ -282,3 +282,25 @@ impl Running {
         (status.code(), stderr)
     }
 }
+
+/// An ext4 image of `mib` MiB holding `files` (made with mkfs.ext4 -d).
+pub fn ext4_image(dir: &std::path::Path, mib: u64, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, text) in files {
+        std::fs::write(root.join(name), text).unwrap();
+    }
+    let img = dir.join("ext4.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs) must be installed");
+    assert!(out.status.success(), "mkfs.ext4: {out:?}");
+    img
+}

@@ -79,8 +79,8 @@ fn rig_reason(args: &FirecrackerArgs) -> Option<String> {
 
 /// The VM `controller.config` describes, built and started.
 fn start(controller: &Controller, args: &FirecrackerArgs) -> Result<Started, String> {
-    let config = vmm::resources::to_vm_config(&controller.config).map_err(|e| e.to_string())?;
-    let _ = args.enable_pci; // virtio-mmio arrives with the transport choice.
+    let config = vmm::resources::to_vm_config(&controller.config, args.enable_pci)
+        .map_err(|e| e.to_string())?;
     vmm::preflight(&config).map_err(|e| e.to_string())?;
     if rig_reason(args).is_some() {
         return start_in_rig(&config, &args.id).map(Started::Rig);

@@ -317,7 +317,7 @@ mod tests {
             r#"{"drive_id": "rootfs", "path_on_host": "/c"}"#,
         ));
         assert_eq!(c.config.drives.len(), 1);
-        let vm = crate::resources::to_vm_config(&c.config).unwrap();
+        let vm = crate::resources::to_vm_config(&c.config, true).unwrap();
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 512));
         assert_eq!(vm.disks[0].path, std::path::PathBuf::from("/c"));
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use api::models::{CpuTemplate, FullVmConfiguration, HugePages};
 
-use crate::config::{ConsoleConfig, DiskConfig, VmConfig};
+use crate::config::{ConsoleConfig, DiskConfig, Transport, VmConfig};
 
 /// GET_ID serials are at most 20 bytes (virtio-blk).
 const SERIAL_MAX: usize = 20;
@@ -113,11 +113,13 @@ fn root_arg(partuuid: Option<&str>, readonly: bool) -> String {
 
 /// The VM `fc` describes. The root drive, if any, becomes the first disk
 /// (vda) and adds `root=` to the command line, as with Firecracker; other
-/// drives follow in the order they were configured.
-pub fn to_vm_config(fc: &FullVmConfiguration) -> Result<VmConfig, ResourceError> {
+/// drives follow in the order they were configured. Devices go on
+/// virtio-mmio unless `pci` (Firecracker's `--enable-pci`).
+pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, ResourceError> {
     check_supported(fc)?;
     let boot = fc.boot_source.as_ref().ok_or(ResourceError::NoBootSource)?;
     let mut config = VmConfig::new(PathBuf::from(&boot.kernel_image_path));
+    config.transport = if pci { Transport::Pci } else { Transport::Mmio };
     config.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
     let mut cmdline = boot.boot_args.clone().unwrap_or_default();
 
@@ -194,7 +196,7 @@ mod tests {
               "serial": {"serial_out_path": "/tmp/console.log"}
             }"#,
         );
-        let c = to_vm_config(&fc).unwrap();
+        let c = to_vm_config(&fc, false).unwrap();
         assert_eq!(c.kernel, PathBuf::from("/k/vmlinux"));
         assert_eq!((c.vcpus, c.memory_mib), (2, 1024));
         // The root drive is vda, whatever order the drives came in.
@@ -208,6 +210,9 @@ mod tests {
             "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw"
         );
         assert_eq!(c.console, ConsoleConfig::File("/tmp/console.log".into()));
+        // Firecracker's default transport, and its --enable-pci.
+        assert_eq!(c.transport, Transport::Mmio);
+        assert_eq!(to_vm_config(&fc, true).unwrap().transport, Transport::Pci);
     }
 
     #[test]
@@ -217,7 +222,7 @@ mod tests {
                 "drives": [{"drive_id": "r", "path_on_host": "/r", "is_root_device": true,
                             "is_read_only": true, "partuuid": "0eaa91a0-01"}]}"#,
         );
-        let c = to_vm_config(&fc).unwrap();
+        let c = to_vm_config(&fc, false).unwrap();
         // Firecracker's machine-config defaults: 1 vCPU, 128 MiB.
         assert_eq!((c.vcpus, c.memory_mib), (1, 128));
         assert_eq!(c.cmdline, "root=PARTUUID=0eaa91a0-01 ro");
@@ -227,7 +232,7 @@ mod tests {
     #[test]
     fn what_vireo_cannot_build_yet_is_refused_by_field() {
         assert_eq!(
-            to_vm_config(&parse("{}")).unwrap_err(),
+            to_vm_config(&parse("{}"), false).unwrap_err(),
             ResourceError::NoBootSource
         );
         for (json, field) in [
@@ -247,7 +252,7 @@ mod tests {
             let fc = parse(&format!(
                 r#"{{"boot-source": {{"kernel_image_path": "/k"}}, {json}}}"#
             ));
-            let err = to_vm_config(&fc).unwrap_err().to_string();
+            let err = to_vm_config(&fc, false).unwrap_err().to_string();
             assert!(err.starts_with(field), "{err}");
         }
     }
@@ -264,7 +269,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            to_vm_config(&fc),
+            to_vm_config(&fc, false),
             Err(ResourceError::TwoRoots { .. })
         ));
     }
