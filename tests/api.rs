@@ -176,7 +176,21 @@ fn configure_start_pause_resume_and_state_errors() {
     if !have_kvm() {
         return;
     }
-    let vmm = Vmm::start("lifecycle");
+    let log = scratch("lifecycle.log");
+    let metrics = scratch("lifecycle.metrics");
+    let vmm = Vmm::start_with(
+        "lifecycle",
+        &[
+            "--emulate=never",
+            "--log-path",
+            log.to_str().unwrap(),
+            "--level",
+            "Debug",
+            "--show-level",
+            "--metrics-path",
+            metrics.to_str().unwrap(),
+        ],
+    );
     let console = scratch("lifecycle.console");
     let kernel = looping_guest();
 
@@ -278,10 +292,39 @@ fn configure_start_pause_resume_and_state_errors() {
     again.assert_code(1);
     assert!(again.stderr.contains("after starting"), "{}", again.dump());
 
+    // Metrics on FlushMetrics: one JSON object per line.
+    vmm.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(last["vmm"]["state"], "Running", "{lines}");
+    assert!(
+        last["api_server"]["requests"].as_u64().unwrap() > 10,
+        "{lines}"
+    );
+    // Requests refused in the VMM (state errors); malformed ones are
+    // answered by the API thread itself.
+    assert!(
+        last["api_server"]["faults"].as_u64().unwrap() >= 4,
+        "{lines}"
+    );
+
     // SIGTERM ends it like `vireo run`, and the socket goes away.
     let sock = vmm.sock.clone();
     assert_eq!(vmm.stop(), Some(128 + libc::SIGTERM));
     assert!(!sock.exists(), "the API socket was left behind");
+    // The log has the lifecycle and, at Debug, each request.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for needle in [
+        ":INFO] API server listening on",
+        ":INFO] the microVM started",
+        ":DEBUG] API request PatchVm",
+        ":INFO] VM ended: Signal(15)",
+        "[lifecycle:",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in the log:\n{text}");
+    }
+    // A final metrics line when the VM ended.
+    assert!(std::fs::read_to_string(&metrics).unwrap().lines().count() >= 2);
 }
 
 #[test]

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use api::models::FullVmConfiguration;
 use api::{ApiResponse, ApiServer, ServerLimits, VmmRequest};
-use vmm::api_control::{ApiHook, Controller, Preboot};
+use vmm::api_control::{note_request, ApiHook, Controller, Preboot};
+use vmm::observe::logger::{self, Level, LogOptions};
+use vmm::observe::metrics;
+use vmm::vlog;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::cli::FirecrackerArgs;
@@ -197,19 +200,48 @@ fn serve_one(
     r: VmmRequest,
     args: &FirecrackerArgs,
 ) -> Option<Started> {
+    let request = r.request.clone();
     let response = match controller.preboot(r.request) {
         Preboot::Reply(response) => response,
         Preboot::Start => match start(controller, args) {
             Ok(vm) => {
                 controller.set_started();
-                let _ = r.reply.send(ApiResponse::no_content());
+                vlog!(Level::Info, "the microVM started");
+                let ok = ApiResponse::no_content();
+                note_request(&request, &ok);
+                let _ = r.reply.send(ok);
                 return Some(vm);
             }
-            Err(e) => ApiResponse::fault(400, &format!("cannot start the microVM: {e}")),
+            Err(e) => {
+                vlog!(Level::Error, "cannot start the microVM: {e}");
+                ApiResponse::fault(400, &format!("cannot start the microVM: {e}"))
+            }
         },
     };
+    note_request(&request, &response);
     let _ = r.reply.send(response);
     None
+}
+
+/// `--log-path`, `--level`, `--metrics-path`: start the log and metrics.
+fn observe(args: &FirecrackerArgs) -> Result<(), String> {
+    let level = match &args.level {
+        Some(l) => Level::parse(l)?,
+        None => Level::Info,
+    };
+    if let Some(path) = &args.log_path {
+        let opts = LogOptions {
+            level,
+            show_level: args.show_level,
+            show_origin: args.show_log_origin,
+            id: args.id.clone(),
+        };
+        logger::configure(path, opts).map_err(|e| format!("--log-path {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.metrics_path {
+        metrics::configure(path).map_err(|e| format!("--metrics-path {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn main(args: &FirecrackerArgs) -> ExitCode {
@@ -221,6 +253,14 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
             "--no-api needs --config-file: without the API nothing could configure the VM",
         );
     }
+    if let Err(e) = observe(args) {
+        return fail(e);
+    }
+    vlog!(
+        Level::Info,
+        "Vireo {} in Firecracker mode",
+        env!("CARGO_PKG_VERSION")
+    );
     let file_config = match &args.config_file {
         Some(p) => match read_config_file(p) {
             Ok(c) => Some(c),
@@ -253,6 +293,7 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
             }),
             Err(e) => return fail(e),
         };
+        vlog!(Level::Info, "API server listening on {}", path.display());
         socket.0 = Some(path);
         let server_wake = match wake.try_clone() {
             Ok(w) => w,
@@ -298,11 +339,7 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
     drop(tx);
     let code = match started {
         Started::Local(vm) => {
-            let mut hook = ApiHook {
-                controller: &mut controller,
-                requests: &rx,
-                wake: &wake,
-            };
+            let mut hook = ApiHook::new(&mut controller, &rx, &wake);
             match vm.run_with(Some(&mut hook)) {
                 Ok(reason) => {
                     if let Some(msg) = reason.message() {
@@ -374,6 +411,7 @@ fn serve_rig(
                 let response = controller
                     .common(&r.request)
                     .unwrap_or_else(|| vm.relay.call(&r.request));
+                note_request(&r.request, &response);
                 let _ = r.reply.send(response);
             }
         }

@@ -19,10 +19,13 @@ use api::models::{
 };
 use api::{ApiRequest, ApiResponse, VmmRequest};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder::Vm;
 use crate::event_loop::LoopHook;
 use crate::lifecycle::RunState;
+use crate::observe::logger::{self, Level, LogOptions};
+use crate::observe::metrics;
 
 /// Firecracker's words for a request in the wrong phase.
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -133,9 +136,7 @@ impl Controller {
             ApiRequest::CreateSyncAction(a) => match a.action_type {
                 ActionType::InstanceStart => return Preboot::Start,
                 ActionType::SendCtrlAltDel => return Preboot::Reply(bad(BEFORE_START)),
-                // Nothing to flush before the VM runs; Firecracker answers
-                // 204 once metrics are configured.
-                ActionType::FlushMetrics => {}
+                ActionType::FlushMetrics => return Preboot::Reply(flush_metrics(None)),
             },
             ApiRequest::PutBootSource(b) => c.boot_source = Some(b),
             ApiRequest::PutMachineConfig(m) => c.machine_config = Some(m),
@@ -167,8 +168,26 @@ impl Controller {
                 }
             }
             ApiRequest::PutSerial(s) => c.serial = Some(s),
-            ApiRequest::PutLogger(l) => c.logger = Some(l),
-            ApiRequest::PutMetrics(m) => c.metrics = Some(m),
+            ApiRequest::PutLogger(l) => {
+                let opts = LogOptions {
+                    level: level_of(l.level),
+                    show_level: l.show_level,
+                    show_origin: l.show_log_origin,
+                    id: self.id.clone(),
+                };
+                if let Some(path) = &l.log_path {
+                    if let Err(e) = logger::configure(std::path::Path::new(path), opts) {
+                        return Preboot::Reply(bad(format!("log_path {path}: {e}")));
+                    }
+                }
+                c.logger = Some(l);
+            }
+            ApiRequest::PutMetrics(m) => {
+                if let Err(e) = metrics::configure(std::path::Path::new(&m.metrics_path)) {
+                    return Preboot::Reply(bad(format!("metrics_path {}: {e}", m.metrics_path)));
+                }
+                c.metrics = Some(m);
+            }
             // Stored so GET /vm/config shows them; InstanceStart refuses
             // what Vireo cannot build yet, naming the field.
             ApiRequest::PutNetworkInterface(n) => {
@@ -204,6 +223,7 @@ impl Controller {
                 RunState::Paused => InstanceState::Paused,
             }),
             ApiRequest::PatchVm(v) => {
+                crate::vlog!(Level::Info, "VM state change requested: {:?}", v.state);
                 let result = match v.state {
                     VmState::Paused => vm.pause(),
                     VmState::Resumed => vm.resume(),
@@ -215,8 +235,9 @@ impl Controller {
             }
             ApiRequest::CreateSyncAction(a) => match a.action_type {
                 ActionType::InstanceStart => bad(AFTER_START),
-                ActionType::FlushMetrics => ApiResponse::no_content(),
+                ActionType::FlushMetrics => flush_metrics(Some(vm)),
                 ActionType::SendCtrlAltDel => {
+                    crate::vlog!(Level::Info, "sending Ctrl-Alt-Del");
                     vm.send_ctrl_alt_del();
                     ApiResponse::no_content()
                 }
@@ -229,6 +250,32 @@ impl Controller {
     }
 }
 
+/// Firecracker's log levels as the logger's.
+pub fn level_of(l: api::models::LogLevel) -> Level {
+    use api::models::LogLevel as L;
+    match l {
+        L::Off => Level::Off,
+        L::Error => Level::Error,
+        L::Warning => Level::Warn,
+        L::Info => Level::Info,
+        L::Debug => Level::Debug,
+        L::Trace => Level::Trace,
+    }
+}
+
+/// FlushMetrics: one metrics line now (before boot, with no VM yet).
+fn flush_metrics(vm: Option<&Vm>) -> ApiResponse {
+    if !metrics::configured() {
+        return bad("FlushMetrics: metrics are not configured (PUT /metrics or --metrics-path)");
+    }
+    let line = match vm {
+        Some(vm) => vm.metrics(),
+        None => metrics::snapshot("Not started", 0, &[]),
+    };
+    metrics::write(&line);
+    ApiResponse::no_content()
+}
+
 /// PUT /drives/{id}: replace the drive with that id, or add it at the end.
 fn put_drive(drives: &mut Vec<Drive>, d: Drive) {
     match drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
@@ -238,11 +285,40 @@ fn put_drive(drives: &mut Vec<Drive>, d: Drive) {
 }
 
 /// Serves the API from the VM's event loop: the server writes `wake` after
-/// each request it queues.
+/// each request it queues. `metrics_timer` (when metrics are written)
+/// fires every `metrics::PERIOD`.
 pub struct ApiHook<'a> {
     pub controller: &'a mut Controller,
     pub requests: &'a Receiver<VmmRequest>,
     pub wake: &'a EventFd,
+    pub metrics_timer: Option<TimerFd>,
+}
+
+impl<'a> ApiHook<'a> {
+    pub fn new(
+        controller: &'a mut Controller,
+        requests: &'a Receiver<VmmRequest>,
+        wake: &'a EventFd,
+    ) -> Self {
+        let metrics_timer = TimerFd::new().ok().and_then(|mut t| {
+            t.reset(metrics::PERIOD, Some(metrics::PERIOD)).ok()?;
+            Some(t)
+        });
+        ApiHook {
+            controller,
+            requests,
+            wake,
+            metrics_timer,
+        }
+    }
+}
+
+/// Log and count one request and its answer.
+pub fn note_request(req: &ApiRequest, response: &ApiResponse) {
+    metrics::count_api(response.status);
+    let mut text = format!("{req:?}");
+    text.truncate(200);
+    crate::vlog!(Level::Debug, "API request {text}: {}", response.status);
 }
 
 impl LoopHook for ApiHook<'_> {
@@ -253,9 +329,27 @@ impl LoopHook for ApiHook<'_> {
     fn ready(&mut self, vm: &mut Vm) {
         let _ = self.wake.read();
         while let Ok(r) = self.requests.try_recv() {
+            let request = r.request.clone();
             let response = self.controller.runtime(r.request, vm);
+            note_request(&request, &response);
             let _ = r.reply.send(response);
         }
+    }
+
+    fn timer(&self) -> Option<RawFd> {
+        self.metrics_timer.as_ref().map(|t| t.as_raw_fd())
+    }
+
+    fn on_timer(&mut self, vm: &mut Vm) {
+        if let Some(t) = &mut self.metrics_timer {
+            let _ = t.wait();
+        }
+        metrics::write(&vm.metrics());
+    }
+
+    fn finished(&mut self, vm: &mut Vm, reason: &crate::ExitReason) {
+        crate::vlog!(Level::Info, "VM ended: {reason:?}");
+        metrics::write(&vm.metrics());
     }
 }
 

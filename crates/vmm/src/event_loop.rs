@@ -17,12 +17,19 @@ const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_INPUT_READY: u64 = 3;
 const TOKEN_HOOK: u64 = 4;
+const TOKEN_HOOK_TIMER: u64 = 5;
 
 /// Another event source the loop serves while the VM runs (the API): the
-/// loop calls `ready` with the VM whenever `fd` is readable.
+/// loop calls `ready` with the VM whenever `fd` is readable, `on_timer`
+/// whenever `timer` is, and `finished` once the VM has ended.
 pub trait LoopHook {
     fn fd(&self) -> RawFd;
     fn ready(&mut self, vm: &mut Vm);
+    fn timer(&self) -> Option<RawFd> {
+        None
+    }
+    fn on_timer(&mut self, _vm: &mut Vm) {}
+    fn finished(&mut self, _vm: &mut Vm, _reason: &ExitReason) {}
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -76,13 +83,16 @@ impl Vm {
 
     /// `run`, also serving `hook`'s events. The vCPU threads are stopped
     /// and joined before it returns.
-    pub fn run_with(mut self, hook: Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
-        let result = self.event_loop(hook);
+    pub fn run_with(mut self, mut hook: Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
+        let result = self.event_loop(&mut hook);
         self.stop_vcpus();
+        if let (Some(h), Ok(reason)) = (hook, &result) {
+            h.finished(&mut self, reason);
+        }
         result
     }
 
-    fn event_loop(&mut self, mut hook: Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
+    fn event_loop(&mut self, hook: &mut Option<&mut dyn LoopHook>) -> Result<ExitReason, Error> {
         let sig_fd = signal_fd()?;
         let epoll = Epoll::new().map_err(io("epoll"))?;
         let add = |fd: RawFd, token: u64| {
@@ -97,8 +107,11 @@ impl Vm {
         add(self.exit.eventfd().as_raw_fd(), TOKEN_EXIT)?;
         add(sig_fd, TOKEN_SIGNAL)?;
         add(self.serial_input_ready.as_raw_fd(), TOKEN_INPUT_READY)?;
-        if let Some(h) = &hook {
+        if let Some(h) = hook.as_deref() {
             add(h.fd(), TOKEN_HOOK)?;
+            if let Some(t) = h.timer() {
+                add(t, TOKEN_HOOK_TIMER)?;
+            }
         }
         let interactive = self.config.console == ConsoleConfig::Stdio;
         let mut stdin = StdinWatch {
@@ -137,6 +150,11 @@ impl Vm {
                     TOKEN_HOOK => {
                         if let Some(h) = hook.as_deref_mut() {
                             h.ready(self);
+                        }
+                    }
+                    TOKEN_HOOK_TIMER => {
+                        if let Some(h) = hook.as_deref_mut() {
+                            h.on_timer(self);
                         }
                     }
                     TOKEN_INPUT_READY => {

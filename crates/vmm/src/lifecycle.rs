@@ -96,6 +96,33 @@ impl Vm {
         Ok(())
     }
 
+    /// One metrics line for this VM (see `observe::metrics`): its state
+    /// and each disk's counters, named `block_<id>` as Firecracker names
+    /// them after the drive id.
+    pub fn metrics(&self) -> serde_json::Value {
+        let state = match self.state() {
+            RunState::Running => "Running",
+            RunState::Paused => "Paused",
+        };
+        let devices: Vec<(String, Vec<(&'static str, u64)>)> = self
+            .virtio
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let name = match self.config.disks.get(i).and_then(|d| d.id.as_deref()) {
+                    Some(id) => format!("block_{id}"),
+                    None => format!("block_{i}"),
+                };
+                (name, devices::bus::lock(t).device().counters())
+            })
+            .collect();
+        crate::observe::metrics::snapshot(state, self.vcpu_count(), &devices)
+    }
+
+    fn vcpu_count(&self) -> usize {
+        self.threads.len() + self.vcpus.len()
+    }
+
     /// Press Ctrl-Alt-Del on the guest's keyboard (a stock guest reboots,
     /// which ends the VM as any guest reset does).
     pub fn send_ctrl_alt_del(&self) {

@@ -117,4 +117,8 @@ pub trait VirtioDevice: Send {
     /// The VM resumes: serve the queues again, including what the driver
     /// queued before the pause.
     fn resume(&mut self) {}
+    /// The device's counters for metrics: (name, value) pairs.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

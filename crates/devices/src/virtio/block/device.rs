@@ -335,6 +335,27 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let m = &self.metrics;
+        let get = BlockMetrics::get;
+        vec![
+            ("read_count", get(&m.reads)),
+            ("read_bytes", get(&m.read_bytes)),
+            ("write_count", get(&m.writes)),
+            ("write_bytes", get(&m.write_bytes)),
+            ("flush_count", get(&m.flushes)),
+            ("write_through_syncs", get(&m.write_through_syncs)),
+            ("discard_count", get(&m.discards)),
+            ("write_zeroes_count", get(&m.write_zeroes)),
+            ("get_id_count", get(&m.get_ids)),
+            ("invalid_reqs_count", get(&m.invalid_requests)),
+            ("unsupported_count", get(&m.unsupported)),
+            ("io_errors", get(&m.io_errors)),
+            ("no_status_count", get(&m.no_status)),
+            ("interrupts", get(&m.interrupts)),
+        ]
+    }
+
     fn pause(&mut self) {
         if let Some(r) = &self.running {
             r.pause.request();
