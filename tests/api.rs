@@ -562,7 +562,14 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
     );
     // Ctrl-Alt-Del reaches the guest's keyboard: the kernel reboots
     // (reboot=k), which ends the VM with status 0.
-    vmm.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
+    // `vireo ctl shutdown` sends it and waits for the VMM to be gone.
+    let sock = vmm.sock.to_str().unwrap().to_string();
+    let down = common::vireo(
+        &["ctl", "--api-sock", &sock, "shutdown"],
+        common::BOOT_TIMEOUT,
+    );
+    down.assert_code(0);
+    assert!(down.stdout.contains("stopped"), "{}", down.dump());
     assert_eq!(vmm.wait(common::BOOT_TIMEOUT), Some(0));
     assert!(
         std::fs::read_to_string(&console)
@@ -570,4 +577,40 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
             .contains("reboot: Restarting system"),
         "the guest did not reboot"
     );
+}
+
+/// Firecracker's config-file boot without an API, on this host's path (the
+/// nested rig here): the stock guest boots from the file, and its
+/// command's exit status becomes Vireo's.
+#[test]
+fn a_config_file_boots_a_stock_guest_without_an_api() {
+    common::announce_path();
+    let g = guest::ensure_default_guest().expect("default guest");
+    let console = scratch("nocfg.console");
+    let cmd = guest::command_param(&[
+        "sh".into(),
+        "-c".into(),
+        "echo from-config-file; exit 3".into(),
+    ]);
+    let cfg = scratch("stock-vm.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "initrd_path": "{}",
+                                  "boot_args": "console=ttyS0 reboot=k panic=1 quiet {cmd}"}},
+                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 256}},
+                "serial": {{"serial_out_path": "{}"}}}}"#,
+            g.kernel.display(),
+            g.initrd.display(),
+            console.display()
+        ),
+    )
+    .unwrap();
+    let o = common::vireo(
+        &["--no-api", "--config-file", cfg.to_str().unwrap()],
+        common::BOOT_TIMEOUT,
+    );
+    o.assert_code(3);
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text.contains("from-config-file"), "{text}\n{}", o.dump());
 }

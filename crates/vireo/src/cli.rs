@@ -152,6 +152,8 @@ pub enum Command {
     vireo ctl --api-sock /tmp/vireo.sock resume\n  \
     vireo ctl --api-sock /tmp/vireo.sock config\n  \
     vireo ctl --api-sock /tmp/vireo.sock ctrl-alt-del\n  \
+    vireo ctl --api-sock /tmp/vireo.sock shutdown\n  \
+    vireo ctl --api-sock /tmp/vireo.sock balloon 256\n  \
     vireo ctl --api-sock /tmp/vireo.sock raw GET /machine-config")]
 pub struct CtlArgs {
     /// The API socket of the VMM
@@ -175,6 +177,19 @@ pub enum CtlAction {
     Start,
     /// Send Ctrl-Alt-Del to the guest (a stock guest reboots, and Vireo exits)
     CtrlAltDel,
+    /// Ctrl-Alt-Del, then wait until the VMM has exited
+    Shutdown {
+        /// Seconds to wait for the VMM to exit
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Set the balloon's target size (PATCH /balloon)
+    Balloon {
+        /// Target in MiB
+        mib: u64,
+    },
+    /// The balloon's statistics (GET /balloon/statistics)
+    Stats,
     /// Write the metrics now (FlushMetrics)
     FlushMetrics,
     /// Any request: METHOD PATH [JSON BODY]

@@ -35,7 +35,13 @@ pub fn request_of(action: &CtlAction) -> (String, String, Option<String>) {
         CtlAction::Pause => vm_state("Paused"),
         CtlAction::Resume => vm_state("Resumed"),
         CtlAction::Start => put_action("InstanceStart"),
-        CtlAction::CtrlAltDel => put_action("SendCtrlAltDel"),
+        CtlAction::CtrlAltDel | CtlAction::Shutdown { .. } => put_action("SendCtrlAltDel"),
+        CtlAction::Balloon { mib } => (
+            "PATCH".into(),
+            "/balloon".into(),
+            Some(format!("{{\"amount_mib\": {mib}}}")),
+        ),
+        CtlAction::Stats => ("GET".into(), "/balloon/statistics".into(), None),
         CtlAction::FlushMetrics => put_action("FlushMetrics"),
         CtlAction::Raw { method, path, body } => {
             (method.to_uppercase(), path.clone(), body.clone())
@@ -57,6 +63,9 @@ pub fn main(args: &CtlArgs) -> ExitCode {
             .unwrap_or_else(|| reply.body.clone());
         return fail(format!("{method} {path}: {} {msg}", reply.status));
     }
+    if let CtlAction::Shutdown { timeout } = args.action {
+        return wait_for_exit(&args.api_sock, Duration::from_secs(timeout));
+    }
     match json {
         Some(j) => match serde_json::to_string_pretty(&j) {
             Ok(s) => println!("{s}"),
@@ -65,5 +74,22 @@ pub fn main(args: &CtlArgs) -> ExitCode {
         None if !reply.body.is_empty() => println!("{}", reply.body),
         None => {}
     }
+    ExitCode::SUCCESS
+}
+
+/// After Ctrl-Alt-Del: wait until nothing answers on the socket any more
+/// (the VMM exits when its guest resets, and removes its socket).
+fn wait_for_exit(sock: &std::path::Path, timeout: Duration) -> ExitCode {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::os::unix::net::UnixStream::connect(sock).is_ok() {
+        if std::time::Instant::now() >= deadline {
+            return fail(format!(
+                "the VMM still runs {}s after Ctrl-Alt-Del (does the guest handle it?)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("stopped");
     ExitCode::SUCCESS
 }
