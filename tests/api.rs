@@ -227,6 +227,18 @@ fn configure_start_pause_resume_and_state_errors() {
         "/machine-config",
         r#"{"vcpu_count": 2, "mem_size_mib": 64}"#,
     );
+    let disk_a = scratch("lifecycle-a.img");
+    let disk_b = scratch("lifecycle-b.img");
+    std::fs::write(&disk_a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&disk_b, vec![0u8; 2 << 20]).unwrap();
+    vmm.ok(
+        "PUT",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+            disk_a.display()
+        ),
+    );
     let cfg = vmm.call("GET", "/vm/config", None);
     assert!(cfg.body.contains("\"vcpu_count\":2"), "{}", cfg.body);
 
@@ -260,6 +272,31 @@ fn configure_start_pause_resume_and_state_errors() {
             kernel.display()
         )),
         "after starting",
+    );
+
+    // A running VM's drive gets a new backing file; a missing one is
+    // refused and changes nothing.
+    vmm.ok(
+        "PATCH",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            disk_b.display()
+        ),
+    );
+    let cfg = vmm.call("GET", "/vm/config", None);
+    assert!(cfg.body.contains("lifecycle-b.img"), "{}", cfg.body);
+    vmm.refused(
+        "PATCH",
+        "/drives/data",
+        Some(r#"{"drive_id": "data", "path_on_host": "/nonexistent/x.img"}"#),
+        "cannot open",
+    );
+    vmm.refused(
+        "PATCH",
+        "/drives/nope",
+        Some(r#"{"drive_id": "nope", "path_on_host": "/tmp/x"}"#),
+        "does not exist",
     );
 
     // Pause: the guest stops printing; resume: it goes on.

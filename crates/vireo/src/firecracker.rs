@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use api::models::FullVmConfiguration;
-use api::{ApiResponse, ApiServer, ServerLimits, VmmRequest};
+use api::{ApiRequest, ApiResponse, ApiServer, ServerLimits, VmmRequest};
 use vmm::api_control::{note_request, ApiHook, Controller, Preboot};
 use vmm::observe::logger::{self, Level, LogOptions};
 use vmm::observe::metrics;
@@ -408,9 +408,16 @@ fn serve_rig(
         if fds[0].revents != 0 {
             let _ = wake.read();
             while let Ok(r) = requests.try_recv() {
-                let response = controller
-                    .common(&r.request)
-                    .unwrap_or_else(|| vm.relay.call(&r.request));
+                let response = match &r.request {
+                    // A host path means nothing inside L1, whose drives
+                    // were fixed when it booted.
+                    ApiRequest::PatchDrive(p) if p.path_on_host.is_some() => ApiResponse::fault(
+                        400,
+                        "changing a drive's backing file of a VM in the nested rig is not \
+                         supported: L1's drives are fixed when it boots",
+                    ),
+                    req => controller.common(req).unwrap_or_else(|| vm.relay.call(req)),
+                };
                 note_request(&r.request, &response);
                 let _ = r.reply.send(response);
             }

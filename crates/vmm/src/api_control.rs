@@ -242,8 +242,28 @@ impl Controller {
                     ApiResponse::no_content()
                 }
             },
-            ApiRequest::PatchDrive(_) => {
-                bad("changing a drive of a running VM is not supported by this version of Vireo yet (issue 12)")
+            ApiRequest::PatchDrive(p) => {
+                if p.rate_limiter.is_some() {
+                    return bad("drives.rate_limiter: block rate limiting is not supported by this version of Vireo yet");
+                }
+                let Some(path) = p.path_on_host else {
+                    return ApiResponse::no_content();
+                };
+                match vm.replace_drive(&p.drive_id, std::path::Path::new(&path)) {
+                    Ok(()) => {
+                        crate::vlog!(Level::Info, "drive {} now backed by {path}", p.drive_id);
+                        if let Some(d) = self
+                            .config
+                            .drives
+                            .iter_mut()
+                            .find(|d| d.drive_id == p.drive_id)
+                        {
+                            d.path_on_host = Some(path);
+                        }
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => bad(format!("drive {}: {e}", p.drive_id)),
+                }
             }
             _ => bad(AFTER_START),
         }

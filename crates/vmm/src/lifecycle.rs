@@ -123,6 +123,27 @@ impl Vm {
         self.threads.len() + self.vcpus.len()
     }
 
+    /// Serve the disk whose id is `id` from `path` from now on (Firecracker's
+    /// `PATCH /drives`), and tell the guest its capacity may have changed.
+    pub fn replace_drive(&mut self, id: &str, path: &std::path::Path) -> Result<(), String> {
+        let index = self
+            .config
+            .disks
+            .iter()
+            .position(|d| d.id.as_deref() == Some(id))
+            .ok_or_else(|| format!("drive {id:?} does not exist"))?;
+        let transport = self
+            .virtio
+            .get(index)
+            .ok_or_else(|| format!("drive {id:?} has no device"))?;
+        let mut t = devices::bus::lock(transport);
+        t.device_mut().replace_backing(path)?;
+        let _ = t.signal_config_change();
+        drop(t);
+        self.config.disks[index].path = path.to_path_buf();
+        Ok(())
+    }
+
     /// Press Ctrl-Alt-Del on the guest's keyboard (a stock guest reboots,
     /// which ends the VM as any guest reset does).
     pub fn send_ctrl_alt_del(&self) {

@@ -117,6 +117,11 @@ pub trait VirtioDevice: Send {
     /// The VM resumes: serve the queues again, including what the driver
     /// queued before the pause.
     fn resume(&mut self) {}
+    /// Serve a new backing file (a disk's image) from now on; the caller
+    /// signals the configuration change. Devices without one refuse.
+    fn replace_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
+        Err("this device has no backing file".into())
+    }
     /// The device's counters for metrics: (name, value) pairs.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

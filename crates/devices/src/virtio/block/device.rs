@@ -20,7 +20,7 @@ use super::engine::{Engine, EngineKind, StopFlag};
 use super::metrics::BlockMetrics;
 use super::persist::BlockState;
 use super::request::{MAX_DESCRIPTORS, MAX_ZERO_SECTORS, SEG_MAX, SIZE_MAX};
-use super::worker::{Worker, WorkerQueue};
+use super::worker::{DiskSwap, Worker, WorkerQueue};
 use super::{Error, SECTOR_SIZE};
 use crate::virtio::pause::PauseGate;
 use crate::virtio::{
@@ -61,6 +61,8 @@ struct Running {
     stop: StopFlag,
     /// Holds the worker still while the VM is paused.
     pause: Arc<PauseGate>,
+    /// A new disk for the worker (`replace_disk`).
+    swap: DiskSwap,
     thread: JoinHandle<()>,
 }
 
@@ -87,6 +89,8 @@ pub struct Block {
     running: Option<Running>,
     /// A worker told to stop (by `reset`) that may not have finished yet.
     stopping: Option<Running>,
+    /// The VM is paused (`pause` without `resume`).
+    paused: bool,
 }
 
 impl Block {
@@ -132,6 +136,7 @@ impl Block {
             engine_used: None,
             running: None,
             stopping: None,
+            paused: false,
         })
     }
 
@@ -305,6 +310,8 @@ impl VirtioDevice for Block {
         let metrics = self.metrics.clone();
         let pause = Arc::new(PauseGate::default());
         let worker_pause = pause.clone();
+        let swap = DiskSwap::default();
+        let worker_swap = swap.clone();
         let name = format!("vireo-blk-{}", self.id.as_deref().unwrap_or("disk"));
         let path = self.disk.path().display().to_string();
         let thread = std::thread::Builder::new()
@@ -315,7 +322,8 @@ impl VirtioDevice for Block {
                 // stay on this thread.
                 let worker =
                     Worker::new(mem, disk, served, interrupt, engine, metrics, write_through)
-                        .with_pause_gate(worker_pause);
+                        .with_pause_gate(worker_pause)
+                        .with_disk_swap(worker_swap);
                 if let Err(e) = worker.run(&worker_wake) {
                     eprintln!("vireo: virtio-blk {path}: device thread stopped: {e}");
                 }
@@ -325,6 +333,7 @@ impl VirtioDevice for Block {
             wake,
             stop,
             pause,
+            swap,
             thread,
         });
         Ok(())
@@ -356,7 +365,12 @@ impl VirtioDevice for Block {
         ]
     }
 
+    fn replace_backing(&mut self, path: &Path) -> Result<(), String> {
+        self.replace_disk(path).map_err(|e| e.to_string())
+    }
+
     fn pause(&mut self) {
+        self.paused = true;
         if let Some(r) = &self.running {
             r.pause.request();
             let _ = r.wake.write(1);
@@ -374,6 +388,7 @@ impl VirtioDevice for Block {
     }
 
     fn resume(&mut self) {
+        self.paused = false;
         if let Some(r) = &self.running {
             r.pause.release();
         }
@@ -391,6 +406,34 @@ impl VirtioDevice for Block {
 }
 
 impl Block {
+    /// Serve `path` from now on instead of the current image (Firecracker's
+    /// `PATCH /drives`): same read-only mode and serial. A running worker
+    /// finishes its I/O in flight, parks, takes the new disk and goes on;
+    /// in a paused VM it takes it on resume. The caller tells the driver
+    /// the configuration (capacity) changed.
+    pub fn replace_disk(&mut self, path: &Path) -> Result<(), Error> {
+        let disk = Arc::new(Disk::open(path, self.disk.readonly(), self.id.as_deref())?);
+        if let Some(r) = &self.running {
+            if !self.paused {
+                r.pause.request();
+                let _ = r.wake.write(1);
+                if !r.pause.wait_parked(PAUSE_TIMEOUT) {
+                    r.pause.release();
+                    return Err(Error::SwitchTimeout {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+            *crate::bus::lock(&r.swap) = Some(disk.clone());
+            if !self.paused {
+                r.pause.release();
+            }
+        }
+        self.config = build_config(&disk, self.num_queues);
+        self.disk = disk;
+        Ok(())
+    }
+
     /// Tell the device thread to stop: it leaves the rings alone from now
     /// on, cancels the I/O not yet started and exits once the I/O already
     /// running is done (see `worker.rs`). Does not wait.
@@ -666,6 +709,72 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
             assert!(block.reset_done());
+        }
+    }
+
+    /// `replace_disk` on an active device: requests after it are served
+    /// from the new image (on every engine), the capacity in the config
+    /// space follows, and the old image is left alone; in a paused VM the
+    /// switch waits for the resume.
+    #[test]
+    fn a_running_disk_switches_to_a_new_image() {
+        use std::time::{Duration, Instant};
+        for engine in ALL_ENGINES {
+            let old = TempImage::patterned(1 << 20);
+            let new = TempImage::empty();
+            std::fs::write(&new.path, vec![0x77u8; 2 << 20]).unwrap();
+            let mem = guest_memory();
+            let mut block = Block::new(&old.path, false, None, 1).unwrap();
+            block.set_engine(engine);
+            let mut d = Driver::new(&mem, QUEUE_SIZE);
+            block.ack_features(block.avail_features());
+            let irq = Arc::new(TestInterrupt::default());
+            let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+            let guest_kick = kick.try_clone().unwrap();
+            let aq = ActiveQueue {
+                queue: d.queue(),
+                kick,
+            };
+            block.activate(mem.clone(), vec![aq], irq).unwrap();
+            let served = |d: &Driver, n: u16| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while d.used_idx() < n && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                d.used_idx() >= n
+            };
+            let first = d.read(0, 512);
+            guest_kick.write(1).unwrap();
+            assert!(served(&d, 1), "{engine:?}");
+            assert_eq!(d.bytes(first.data, 512), vec![pattern_byte(0); 512]);
+
+            block.replace_disk(&new.path).unwrap();
+            let mut cap = [0u8; 8];
+            block.read_config(offset::CAPACITY as u64, &mut cap);
+            assert_eq!(u64::from_le_bytes(cap), (2 << 20) / 512, "{engine:?}");
+            let second = d.read(0, 512);
+            let w = d.write(8, &[0x11; 512]);
+            guest_kick.write(1).unwrap();
+            assert!(served(&d, 3), "{engine:?}");
+            assert_eq!(d.bytes(second.data, 512), vec![0x77; 512], "{engine:?}");
+            assert_eq!(d.status(&w), VIRTIO_BLK_S_OK as u8);
+            assert_eq!(new.read_at(8 * 512, 512), vec![0x11; 512]);
+            assert_eq!(old.read_at(8 * 512, 512), vec![pattern_byte(8); 512]);
+
+            // Paused: switched on resume, not before.
+            block.pause();
+            block.replace_disk(&old.path).unwrap();
+            let third = d.read(0, 512);
+            guest_kick.write(1).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            assert_eq!(d.used_idx(), 3, "{engine:?}: served while paused");
+            block.resume();
+            assert!(served(&d, 4), "{engine:?}");
+            assert_eq!(d.bytes(third.data, 512), vec![pattern_byte(0); 512]);
+            // A missing image is refused and changes nothing.
+            assert!(block
+                .replace_disk(std::path::Path::new("/nonexistent.img"))
+                .is_err());
         }
     }
 

@@ -88,6 +88,8 @@ pub enum Error {
     TooSmall { path: PathBuf, size: u64 },
     #[error("disk id {id:?} is longer than 20 bytes")]
     IdTooLong { id: String },
+    #[error("disk image {path}: the device did not finish its I/O in time to switch to it")]
+    SwitchTimeout { path: PathBuf },
     #[error("a block device needs between 1 and {max} queues, not {got}")]
     QueueCount { got: u16, max: u16 },
     #[error("disk image {path}: snapshot expects {expected} sectors, the file has {actual}")]

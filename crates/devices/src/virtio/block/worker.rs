@@ -113,7 +113,12 @@ pub struct Worker {
     stop: StopFlag,
     /// Asked to hold still while the VM is paused (see `virtio::pause`).
     pause: Arc<PauseGate>,
+    /// A new backing file to switch to the next time the worker parks.
+    swap: DiskSwap,
 }
+
+/// Where a device leaves a new disk for its parked worker to take.
+pub type DiskSwap = Arc<std::sync::Mutex<Option<Arc<Disk>>>>;
 
 impl Worker {
     pub fn new(
@@ -158,7 +163,38 @@ impl Worker {
             bytes_in_flight: 0,
             stop,
             pause: Arc::default(),
+            swap: Arc::default(),
         }
+    }
+
+    /// Take new disks from `swap` when parked (see `Block::replace_disk`).
+    pub fn with_disk_swap(mut self, swap: DiskSwap) -> Self {
+        self.swap = swap;
+        self
+    }
+
+    /// After a pause: switch to the disk left in `swap`, if any. Nothing
+    /// is in flight (the pause completed it), so the old engine goes at
+    /// once; the new one keeps the device's stop flag. Returns whether the
+    /// engine (and its completion eventfd) changed.
+    fn take_swap(&mut self) -> bool {
+        let Some(disk) = crate::bus::lock(&self.swap).take() else {
+            return false;
+        };
+        let kind = self.engine.kind();
+        self.engine = Engine::with_stop(
+            disk.clone(),
+            kind,
+            self.slots.len() as u32,
+            self.stop.clone(),
+        );
+        self.info = DiskInfo {
+            capacity_sectors: disk.capacity_sectors(),
+            readonly: disk.readonly(),
+        };
+        self.disk = disk;
+        self.flush_failed = false;
+        true
     }
 
     /// Use `gate` to hold the worker still while the VM is paused.
@@ -267,9 +303,18 @@ impl Worker {
                 return Ok(());
             }
             if self.pause.requested() {
+                let old_fd = self.engine.event_fd();
                 self.hold_still();
                 if self.stop.is_set() {
                     return Ok(());
+                }
+                if self.take_swap() {
+                    if let Some(fd) = old_fd {
+                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                    }
+                    if let Some(fd) = self.engine.event_fd() {
+                        add(fd, TOKEN_ENGINE, edge)?;
+                    }
                 }
                 timeout = 0;
                 continue;

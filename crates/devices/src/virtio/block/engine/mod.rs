@@ -113,7 +113,12 @@ impl Engine {
     /// threads cannot be started. `depth` is the most operations in flight
     /// at once (the pool never runs more threads than that).
     pub fn new(disk: Arc<Disk>, prefer: EngineKind, depth: u32) -> Engine {
-        let stop = StopFlag::new();
+        Engine::with_stop(disk, prefer, depth, StopFlag::new())
+    }
+
+    /// `new`, stopped by an existing `stop` flag (a worker that changes
+    /// disks keeps the flag its device sets).
+    pub fn with_stop(disk: Arc<Disk>, prefer: EngineKind, depth: u32, stop: StopFlag) -> Engine {
         if prefer == EngineKind::IoUring {
             if let Ok(engine) = UringEngine::new(disk.clone(), depth, stop.clone()) {
                 return Engine::Uring(Box::new(engine));
