@@ -633,6 +633,38 @@ mod tests {
         }
     }
 
+    /// A block device on `path` with `engine`, activated with one queue of
+    /// `d`; returns it and the eventfd the guest kicks.
+    fn activated(
+        path: &std::path::Path,
+        engine: EngineKind,
+        mem: &GuestMemory,
+        d: &Driver,
+    ) -> (Block, EventFd) {
+        let mut block = Block::new(path, false, None, 1).unwrap();
+        block.set_engine(engine);
+        block.ack_features(block.avail_features());
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let guest_kick = kick.try_clone().unwrap();
+        let aq = ActiveQueue {
+            queue: d.queue(),
+            kick,
+        };
+        block
+            .activate(mem.clone(), vec![aq], Arc::new(TestInterrupt::default()))
+            .unwrap();
+        (block, guest_kick)
+    }
+
+    /// Wait (up to 10 s) until `d`'s used ring has `n` entries.
+    fn served(d: &Driver, n: u16) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while d.used_idx() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        d.used_idx() >= n
+    }
+
     /// A paused device serves nothing, even when kicked, and writes
     /// nothing to guest memory; on resume it serves what was queued
     /// during the pause.
@@ -642,25 +674,9 @@ mod tests {
         for engine in ALL_ENGINES {
             let img = TempImage::patterned(1 << 20);
             let mem = guest_memory();
-            let mut block = Block::new(&img.path, false, None, 1).unwrap();
-            block.set_engine(engine);
             let mut d = Driver::new(&mem, QUEUE_SIZE);
-            block.ack_features(block.avail_features());
-            let irq = Arc::new(TestInterrupt::default());
-            let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-            let guest_kick = kick.try_clone().unwrap();
-            let aq = ActiveQueue {
-                queue: d.queue(),
-                kick,
-            };
-            block.activate(mem.clone(), vec![aq], irq.clone()).unwrap();
-            let wait_used = |d: &Driver, n: u16| {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while d.used_idx() < n && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                d.used_idx() >= n
-            };
+            let (mut block, guest_kick) = activated(&img.path, engine, &mem, &d);
+            let wait_used = served;
             let first = d.write(0, &[1u8; 4096]);
             guest_kick.write(1).unwrap();
             assert!(wait_used(&d, 1), "{engine:?}");
@@ -718,31 +734,14 @@ mod tests {
     /// switch waits for the resume.
     #[test]
     fn a_running_disk_switches_to_a_new_image() {
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
         for engine in ALL_ENGINES {
             let old = TempImage::patterned(1 << 20);
             let new = TempImage::empty();
             std::fs::write(&new.path, vec![0x77u8; 2 << 20]).unwrap();
             let mem = guest_memory();
-            let mut block = Block::new(&old.path, false, None, 1).unwrap();
-            block.set_engine(engine);
             let mut d = Driver::new(&mem, QUEUE_SIZE);
-            block.ack_features(block.avail_features());
-            let irq = Arc::new(TestInterrupt::default());
-            let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-            let guest_kick = kick.try_clone().unwrap();
-            let aq = ActiveQueue {
-                queue: d.queue(),
-                kick,
-            };
-            block.activate(mem.clone(), vec![aq], irq).unwrap();
-            let served = |d: &Driver, n: u16| {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while d.used_idx() < n && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                d.used_idx() >= n
-            };
+            let (mut block, guest_kick) = activated(&old.path, engine, &mem, &d);
             let first = d.read(0, 512);
             guest_kick.write(1).unwrap();
             assert!(served(&d, 1), "{engine:?}");
