@@ -384,7 +384,7 @@ fn row(name: &str, unit: &'static str, a: &[f64], b: &[f64]) -> Option<MetricRow
         name: name.to_string(),
         unit,
         a: summarize(a)?,
-        b: summarize(b)?,
+        b: Some(summarize(b)?),
     })
 }
 

@@ -106,6 +106,8 @@ pub enum BenchError {
         status: String,
         output: String,
     },
+    #[error("driving {vmm} failed: {details}")]
+    Driver { vmm: String, details: String },
     #[error("{vmm} exited without printing the guest's marker. Last output: {output}")]
     NoMarker { vmm: String, output: String },
     #[error("rig: {0}")]

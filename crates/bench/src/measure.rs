@@ -12,6 +12,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Output kept for error messages, per stream.
@@ -191,6 +193,21 @@ pub fn measure_run(
     marker: &[u8],
     timeouts: Timeouts,
 ) -> Result<RunSample, BenchError> {
+    measure_driven(cmd, marker, timeouts, |_, _| Ok(())).map(|(s, ())| s)
+}
+
+/// Like [`measure_run`], and meanwhile runs `drive` on its own thread from
+/// the moment of spawn, with that moment and a flag that is set when the
+/// run is abandoned (so a driver that waits for the VMM can give up). This
+/// is how the VMM's API is driven while the marker and the exit are timed
+/// here. What `drive` returns comes back with the sample; its error makes
+/// the run fail.
+pub fn measure_driven<T: Send + 'static>(
+    cmd: &VmmCommand,
+    marker: &[u8],
+    timeouts: Timeouts,
+    drive: impl FnOnce(Instant, &AtomicBool) -> Result<T, String> + Send + 'static,
+) -> Result<(RunSample, T), BenchError> {
     let start = Instant::now();
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
@@ -212,6 +229,20 @@ pub fn measure_run(
                 source,
             });
         }
+    };
+    let abandon = Arc::new(AtomicBool::new(false));
+    let driver = {
+        let abandon = Arc::clone(&abandon);
+        std::thread::spawn(move || drive(start, &abandon))
+    };
+    // Joins the driver (telling it to give up first when the run failed).
+    let finish = |failed: bool| -> Result<T, String> {
+        if failed {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        driver
+            .join()
+            .unwrap_or_else(|_| Err("the driver thread panicked".to_string()))
     };
     let mut out = Stream::new(child.stdout.take().map(OwnedFd::from));
     let mut err = Stream::new(child.stderr.take().map(OwnedFd::from));
@@ -302,32 +333,50 @@ pub fn measure_run(
     };
     if let Err(e) = outcome {
         kill_and_reap(&mut child);
-        return Err(e);
+        // A driver's failure (say, a refused request) is the better report.
+        return Err(match finish(true) {
+            Err(details) => BenchError::Driver {
+                vmm: cmd.name.clone(),
+                details,
+            },
+            Ok(_) => e,
+        });
     }
     // The process has exited (pidfd readable); reap it for status and rusage.
-    let (status, max_rss_kib) = wait4(child.id()).map_err(|source| BenchError::Wait {
+    let reaped = wait4(child.id());
+    let output = output_tail(&out.buf, &err.buf);
+    let bad_status = reaped
+        .as_ref()
+        .ok()
+        .and_then(|&(st, _)| describe_status(st));
+    let driven = finish(reaped.is_err() || bad_status.is_some());
+    let (_, max_rss_kib) = reaped.map_err(|source| BenchError::Wait {
         vmm: cmd.name.clone(),
         source,
     })?;
-    let output = output_tail(&out.buf, &err.buf);
-    if let Some(status) = describe_status(status) {
+    if let Some(status) = bad_status {
         return Err(BenchError::ExitStatus {
             vmm: cmd.name.clone(),
             status,
             output,
         });
     }
+    let driven = driven.map_err(|details| BenchError::Driver {
+        vmm: cmd.name.clone(),
+        details: format!("{details}. Last output: {output}"),
+    })?;
     let (Some(marker), Some(exit)) = (marker_at, exit_at) else {
         return Err(BenchError::NoMarker {
             vmm: cmd.name.clone(),
             output,
         });
     };
-    Ok(RunSample {
+    let sample = RunSample {
         marker,
         exit,
         max_rss_kib,
-    })
+    };
+    Ok((sample, driven))
 }
 
 #[cfg(test)]
@@ -399,6 +448,49 @@ mod tests {
     fn exit_without_marker_is_an_error() {
         let e = measure_run(&sh("echo nothing"), b"MARKER", T).expect_err("no marker");
         assert!(matches!(e, BenchError::NoMarker { .. }), "{e}");
+    }
+
+    #[test]
+    fn driver_runs_alongside_and_its_result_comes_back() {
+        // The "VMM" waits for a file the driver creates, then prints the marker.
+        let flag = std::env::temp_dir().join(format!("vireo-bench-drive-{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let script = format!(
+            "while [ ! -e {0} ]; do sleep 0.01; done; echo MARKER; rm {0}",
+            flag.display()
+        );
+        let (s, at) = measure_driven(&sh(&script), b"MARKER", T, move |start, _| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(&flag, b"").map_err(|e| e.to_string())?;
+            Ok(start.elapsed())
+        })
+        .expect("run");
+        assert!(
+            at >= Duration::from_millis(100) && s.marker >= at,
+            "{s:?} {at:?}"
+        );
+    }
+
+    #[test]
+    fn driver_failure_is_reported_and_the_driver_is_told_to_stop() {
+        let t = Timeouts {
+            marker: Duration::from_millis(300),
+            exit: Duration::from_secs(5),
+        };
+        let begun = Instant::now();
+        // The driver waits for the abandon flag: only the timeout path sets it.
+        let e = measure_driven(&sh("sleep 30"), b"MARKER", t, |_, abandon| {
+            while !abandon.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err::<(), _>("PUT /actions refused".to_string())
+        })
+        .expect_err("no marker");
+        assert!(begun.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(&e, BenchError::Driver { details, .. } if details.contains("refused")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub struct MetricRow {
     /// E.g. "ms" or "MiB".
     pub unit: &'static str,
     pub a: Summary,
-    pub b: Summary,
+    /// `None` where `b` has nothing comparable (shown as "n/a").
+    pub b: Option<Summary>,
 }
 
 /// A side-by-side comparison of two VMMs, `a` (Vireo) against `b`.
@@ -98,11 +99,12 @@ impl Comparison {
         let mut rows = vec![header];
         for r in &self.rows {
             let (am, asp) = cell(&r.a);
-            let (bm, bsp) = cell(&r.b);
-            let ratio = if r.b.median > 0.0 {
-                format!("{:.2}", r.a.median / r.b.median)
-            } else {
-                "n/a".to_string()
+            let (bm, bsp) =
+                r.b.as_ref()
+                    .map_or(("n/a".to_string(), String::new()), cell);
+            let ratio = match r.b {
+                Some(b) if b.median > 0.0 => format!("{:.2}", r.a.median / b.median),
+                _ => "n/a".to_string(),
             };
             rows.push([format!("{} ({})", r.name, r.unit), am, asp, bm, bsp, ratio]);
         }
@@ -156,23 +158,32 @@ mod tests {
                     name: "spawn -> marker".into(),
                     unit: "ms",
                     a: s(5.0),
-                    b: s(50.0),
+                    b: Some(s(50.0)),
                 },
                 MetricRow {
                     name: "peak RSS".into(),
                     unit: "MiB",
                     a: s(3.0),
-                    b: s(0.0),
+                    b: Some(s(0.0)),
+                },
+                MetricRow {
+                    name: "api: spawn -> socket".into(),
+                    unit: "ms",
+                    a: s(1.5),
+                    b: None,
                 },
             ],
         };
         let t = c.render();
+        let col = |l: &str, pat: &str| l.find(pat).map(|b| l[..b].chars().count());
         assert!(t.contains("vireo/qemu"), "{t}");
         assert!(t.contains("0.10"), "{t}");
         assert!(t.contains("n/a"), "{t}");
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4);
-        let col = |l: &str, pat: &str| l.find(pat).map(|b| l[..b].chars().count());
+        assert_eq!(lines.len(), 5);
+        // No comparable: "n/a" in b's median column and in the ratio.
+        assert_eq!(col(lines[4], "n/a"), col(lines[0], "qemu median"), "{t}");
+        assert!(lines[4].trim_end().ends_with("n/a"), "{t}");
         assert_eq!(col(lines[2], "5.00"), col(lines[0], "vireo median"), "{t}");
         assert_eq!(col(lines[2], "50.0"), col(lines[0], "qemu median"), "{t}");
     }
