@@ -31,7 +31,18 @@ trap 'reboot -f' TERM
 trap 'halt -f' USR1
 "#;
 
-const TAIL: &str = r#"hostname vireo
+/// Shell lines that wait until ttyS0 has sent everything written to it
+/// (its transmit count in /proc/tty/driver/serial stops moving; at most
+/// about 2 s), so the end of a run's output is not lost when the machine
+/// stops right after. Used by the guest's and the rig's L1 init.
+pub const WAIT_TTYS0_DRAINED: &str = r#"tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
+last=none; n=0
+while [ "$(tx)" != "$last" ] && [ $n -lt 100 ]; do
+    last=$(tx); sleep 0.02; n=$((n + 1))
+done
+"#;
+
+const TAIL_START: &str = r#"hostname vireo
 set -f
 cmd_b64=
 for arg in $(cat /proc/cmdline); do
@@ -49,7 +60,9 @@ if [ -n "$cmd_b64" ]; then
     # Ctrl-C could not stop the command.
     setsid cttyhack sh -c "$cmd" <>/dev/console >&0 2>&0
     status=$?
-    # One byte with the exit status to the VMM's exit port ends the VM.
+"#;
+
+const TAIL_END: &str = r#"    # One byte with the exit status to the VMM's exit port ends the VM.
     printf "\\$(printf %03o "$status")" | /bin/vireo-exit
     poweroff -f
 else
@@ -87,14 +100,16 @@ pub fn init_script(modules: &[String]) -> String {
              echo \"vireo-init: could not load module $m\" >&2\ndone\n",
         );
     }
-    s.push_str(TAIL);
+    s.push_str(TAIL_START);
+    s.push_str(WAIT_TTYS0_DRAINED);
+    s.push_str(TAIL_END);
     s
 }
 
 /// The parts of the script that do not depend on the module list; they go
 /// into the cache's recipe hash.
 pub fn template_identity() -> String {
-    format!("{HEAD}{TAIL}{SHRC}")
+    format!("{HEAD}{TAIL_START}{WAIT_TTYS0_DRAINED}{TAIL_END}{SHRC}")
 }
 
 #[cfg(test)]

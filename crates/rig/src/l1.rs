@@ -63,15 +63,9 @@ stty -F /dev/ttyS0 raw -echo
 cd /rig
 sh /rig/run.sh </dev/null >/dev/ttyS0
 status=$?
-# Wait until ttyS0 has sent everything the run wrote (its transmit count
-# stops moving), so the tail of the output is not lost when the host sees
-# the marker and L1 powers off.
-tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
-last=none; n=0
-while [ "$(tx)" != "$last" ] && [ $n -lt 100 ]; do
-    last=$(tx); sleep 0.02; n=$((n + 1))
-done
-echo "@MARKER@$status" >/dev/ttyS1
+# Wait until ttyS0 has sent everything the run wrote, so the tail of the
+# output is not lost when the host sees the marker and L1 powers off.
+@WAIT_TTYS0_DRAINED@echo "@MARKER@$status" >/dev/ttyS1
 poweroff -f
 while :; do sleep 1; done
 "#;
@@ -197,6 +191,7 @@ fn write_base(k: &L1Kernel, busybox: &Path, path: &Path) -> Result<(), RigError>
     }
     let init = INIT
         .replace("@MODULES@", &order.join(" "))
+        .replace("@WAIT_TTYS0_DRAINED@", guest::init::WAIT_TTYS0_DRAINED)
         .replace("@MARKER@", EXIT_MARKER);
     let file = File::create(path).map_err(|e| RigError::io(path, e))?;
     let mut w = CpioWriter::new(BufWriter::new(file));

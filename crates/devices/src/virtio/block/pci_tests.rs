@@ -264,10 +264,7 @@ fn reset_of_a_device_buried_in_io_returns_at_once() {
             reset_took < Duration::from_secs(1),
             "{engine:?}: reset took {reset_took:?}"
         );
-        assert!(
-            worst < bound,
-            "{engine:?}: a PCI access took {worst:?}"
-        );
+        assert!(worst < bound, "{engine:?}: a PCI access took {worst:?}");
         assert!(accesses > 0);
         // The device is usable again after the reset.
         assert_eq!(pci.read(NUM_QUEUES, 2), 2);
