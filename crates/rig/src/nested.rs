@@ -198,11 +198,13 @@ mod tests {
                 path: k.clone(),
                 readonly: true,
                 id: Some("x".into()),
+                drive_id: None,
             },
             vmm::config::DiskConfig {
                 path: k.clone(),
                 readonly: false,
                 id: None,
+                drive_id: None,
             },
         ];
         let (inner, _, drives) = l1_config(&c).unwrap();

@@ -322,6 +322,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         path: PathBuf::new(),
         readonly: false,
         id: None,
+        drive_id: None,
     };
     for part in s.split(',') {
         let (key, value) = part

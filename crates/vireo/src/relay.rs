@@ -60,8 +60,18 @@ pub fn serve_tty(
         .name("vireo-relay".into())
         .spawn(move || {
             let _ = writeln!(out, "{READY}");
-            for line in BufReader::new(tty).lines() {
-                let Ok(line) = line else { break };
+            let mut reader = BufReader::new(tty);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                // Line noise is answered like any malformed request.
+                let line = String::from_utf8_lossy(&raw);
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -93,6 +103,9 @@ fn ask(vmm: &Sender<VmmRequest>, wake: &EventFd, request: ApiRequest) -> ApiResp
 pub struct Relay {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// A call timed out or failed mid-answer: a late answer could be taken
+    /// for the next request's, so the relay is not used again.
+    broken: bool,
 }
 
 /// How long one relayed request may take (a pause waits out device I/O;
@@ -133,13 +146,19 @@ impl Relay {
             .map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
         let mut reader = BufReader::new(stream);
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
-            match reader.read_line(&mut line) {
+            match reader.read_until(b'\n', &mut line) {
                 Ok(0) => return Err("the nested rig ended before the VM started".into()),
-                Ok(_) if line.trim_end() == READY => break,
-                // Anything before the marker (line noise at L1's boot).
-                Ok(_) => line.clear(),
+                Ok(_) if line.ends_with(b"\n") => {
+                    // The marker ends its line; anything before it on the
+                    // line, or on earlier lines, is noise from L1's boot.
+                    if String::from_utf8_lossy(&line).trim_end().ends_with(READY) {
+                        break;
+                    }
+                    line.clear();
+                }
+                Ok(_) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -160,25 +179,39 @@ impl Relay {
             .get_ref()
             .set_read_timeout(Some(CALL_TIMEOUT))
             .map_err(io)?;
-        Ok(Relay { reader, writer })
+        Ok(Relay {
+            reader,
+            writer,
+            broken: false,
+        })
     }
 
     /// Relay one request and return the inner VMM's answer.
     pub fn call(&mut self, request: &ApiRequest) -> ApiResponse {
         let gone = |e: String| ApiResponse::fault(503, &format!("the VM in the nested rig: {e}"));
+        if self.broken {
+            return gone("the relay stopped answering in step after an earlier timeout".into());
+        }
         let Ok(text) = serde_json::to_string(request) else {
             return ApiResponse::fault(500, "cannot encode the request for the relay");
         };
         if let Err(e) = writeln!(self.writer, "{text}") {
             return gone(e.to_string());
         }
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
             Ok(0) => gone("it has stopped".into()),
-            Ok(_) => serde_json::from_str(&line).unwrap_or_else(|e| {
+            Ok(_) if line.ends_with(b"\n") => serde_json::from_slice(&line).unwrap_or_else(|e| {
                 ApiResponse::fault(502, &format!("relay: malformed answer: {e}"))
             }),
-            Err(e) => gone(e.to_string()),
+            Ok(_) => {
+                self.broken = true;
+                gone("its answer was cut short".into())
+            }
+            Err(e) => {
+                self.broken = true;
+                gone(e.to_string())
+            }
         }
     }
 }

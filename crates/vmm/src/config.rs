@@ -35,6 +35,10 @@ pub struct DiskConfig {
     /// Shown to the guest by GET_ID (/sys/block/vdX/serial); at most 20 bytes.
     #[serde(default)]
     pub id: Option<String>,
+    /// The API's name for the disk (Firecracker's `drive_id`, whole), which
+    /// `PATCH /drives` and the metrics use; None for `vireo run` disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drive_id: Option<String>,
 }
 
 /// How virtio devices reach the guest.

@@ -86,8 +86,9 @@ impl Vm {
         if self.state() == RunState::Running {
             return Ok(());
         }
-        if let Some(clock) = self.paused_clock.take() {
-            self.vm.set_clock(&clock)?;
+        if let Some(clock) = &self.paused_clock {
+            self.vm.set_clock(clock)?;
+            self.paused_clock = None;
         }
         for t in &self.virtio {
             devices::bus::lock(t).device_mut().resume();
@@ -109,7 +110,8 @@ impl Vm {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let name = match self.config.disks.get(i).and_then(|d| d.id.as_deref()) {
+                let disk = self.config.disks.get(i);
+                let name = match disk.and_then(|d| d.drive_id.as_deref().or(d.id.as_deref())) {
                     Some(id) => format!("block_{id}"),
                     None => format!("block_{i}"),
                 };
@@ -120,7 +122,7 @@ impl Vm {
     }
 
     fn vcpu_count(&self) -> usize {
-        self.threads.len() + self.vcpus.len()
+        usize::from(self.config.vcpus)
     }
 
     /// Serve the disk whose id is `id` from `path` from now on (Firecracker's
@@ -130,7 +132,7 @@ impl Vm {
             .config
             .disks
             .iter()
-            .position(|d| d.id.as_deref() == Some(id))
+            .position(|d| d.drive_id.as_deref() == Some(id))
             .ok_or_else(|| format!("drive {id:?} does not exist"))?;
         let transport = self
             .virtio

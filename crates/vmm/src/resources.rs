@@ -149,6 +149,7 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
             path: PathBuf::from(d.path_on_host.as_deref().unwrap_or_default()),
             readonly,
             id: Some(serial_of(&d.drive_id)),
+            drive_id: Some(d.drive_id.clone()),
         });
     }
     if let Some(r) = root {

@@ -124,6 +124,10 @@ impl I8042 {
         } else {
             CAD_SET2
         };
+        // Whole or not at all: a cut sequence would leave keys held down.
+        if QUEUE_MAX - self.out.len() < codes.len() {
+            return;
+        }
         for &c in codes {
             self.push(c);
         }
@@ -349,6 +353,17 @@ mod tests {
         out(&mut d, COMMAND_OFFSET, CMD_WRITE_OUTPUT);
         out(&mut d, DATA_OFFSET, 0xfe);
         assert_eq!(*events.0.lock().unwrap(), [VmEvent::Reset, VmEvent::Reset]);
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_queued_whole_or_not_at_all() {
+        let (mut d, _, _) = dev();
+        for _ in 0..20 {
+            d.send_ctrl_alt_del();
+        }
+        let got = drain(&mut d);
+        assert_eq!(got.len() % CAD_SET1.len(), 0);
+        assert!(got.chunks(CAD_SET1.len()).all(|c| c == CAD_SET1));
     }
 
     #[test]

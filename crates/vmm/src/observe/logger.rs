@@ -70,10 +70,7 @@ static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
 /// Write the log to `path` (appended; a FIFO works too) from now on.
 pub fn configure(path: &Path, opts: LogOptions) -> std::io::Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let out = super::open_sink(path)?;
     *devices::bus::lock(&SINK) = Some(Sink { out, opts });
     Ok(())
 }

@@ -24,10 +24,7 @@ pub static API_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 /// Write metrics to `path` (appended; a FIFO works too) from now on.
 pub fn configure(path: &Path) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let f = super::open_sink(path)?;
     *devices::bus::lock(&SINK) = Some(f);
     Ok(())
 }

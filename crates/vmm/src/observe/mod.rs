@@ -6,3 +6,17 @@
 pub mod logger;
 pub mod metrics;
 pub mod time;
+
+/// Open a log or metrics destination: a file (appended, created) or a
+/// FIFO. Non-blocking and read-write, as Firecracker opens them, so a FIFO
+/// without a reader neither blocks the open nor, once full, the VMM: a
+/// line that does not fit is dropped.
+pub(crate) fn open_sink(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
