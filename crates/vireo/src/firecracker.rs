@@ -81,12 +81,16 @@ fn rig_reason(args: &FirecrackerArgs) -> Option<String> {
 }
 
 /// The VM `controller.config` describes, built and started.
-fn start(controller: &Controller, args: &FirecrackerArgs) -> Result<Started, String> {
+fn start(
+    controller: &Controller,
+    args: &FirecrackerArgs,
+    sig_fd: RawFd,
+) -> Result<Started, String> {
     let config = vmm::resources::to_vm_config(&controller.config, args.enable_pci)
         .map_err(|e| e.to_string())?;
     vmm::preflight(&config).map_err(|e| e.to_string())?;
     if rig_reason(args).is_some() {
-        return start_in_rig(&config, &args.id).map(Started::Rig);
+        return start_in_rig(&config, &args.id, sig_fd).map(Started::Rig);
     }
     start_here(&config).map(|vm| Started::Local(Box::new(vm)))
 }
@@ -99,7 +103,7 @@ fn start_here(config: &vmm::VmConfig) -> Result<vmm::Vm, String> {
 
 /// Boot L1 with a vireo that runs `config` and serves the relay; return
 /// once that VM runs.
-fn start_in_rig(config: &vmm::VmConfig, id: &str) -> Result<RigVm, String> {
+fn start_in_rig(config: &vmm::VmConfig, id: &str, sig_fd: RawFd) -> Result<RigVm, String> {
     let dir = guest::cache::temp_dir_for(&std::env::temp_dir().join("vireo-relay"))
         .map_err(|e| e.to_string())?;
     let cleanup = guest::cache::RemoveOnDrop(Some(dir.clone()));
@@ -116,7 +120,9 @@ fn start_in_rig(config: &vmm::VmConfig, id: &str) -> Result<RigVm, String> {
             let _ = done_writer.write(1);
         })
         .map_err(io_err("cannot start the rig thread"))?;
-    let alive = || done.read().is_err();
+    // Waiting ends when the rig does, or on SIGINT/SIGTERM (left pending
+    // for the caller, which then stops).
+    let alive = || done.read().is_err() && !readable(sig_fd);
     let relay = match Relay::connect(&listener, RIG_START_TIMEOUT, alive) {
         Ok(r) => r,
         Err(e) => {
@@ -136,6 +142,17 @@ fn start_in_rig(config: &vmm::VmConfig, id: &str) -> Result<RigVm, String> {
         result,
         _dir: cleanup,
     })
+}
+
+/// Whether `fd` has something to read now.
+fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polling one valid descriptor, without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// How the pre-boot phase ended without a VM.
@@ -187,7 +204,7 @@ fn serve_until_start(
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => return Err(NoStart::ApiGone),
             };
-            if let Some(vm) = serve_one(controller, r, args) {
+            if let Some(vm) = serve_one(controller, r, args, sig_fd) {
                 return Ok(vm);
             }
         }
@@ -199,11 +216,12 @@ fn serve_one(
     controller: &mut Controller,
     r: VmmRequest,
     args: &FirecrackerArgs,
+    sig_fd: RawFd,
 ) -> Option<Started> {
     let request = r.request.clone();
     let response = match controller.preboot(r.request) {
         Preboot::Reply(response) => response,
-        Preboot::Start => match start(controller, args) {
+        Preboot::Start => match start(controller, args, sig_fd) {
             Ok(vm) => {
                 controller.set_started();
                 vlog!(Level::Info, "the microVM started");
@@ -314,7 +332,7 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
         }
     } else if let Some(config) = file_config {
         let c = Controller::with_config(args.id.clone(), config);
-        match start(&c, args) {
+        match start(&c, args, sig_fd) {
             Ok(s) => (c, s),
             Err(e) => return fail(format!("cannot start the microVM: {e}")),
         }
