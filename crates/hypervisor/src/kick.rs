@@ -1,14 +1,15 @@
 //! Kicking a vCPU thread out of KVM_RUN: a real-time signal whose handler
 //! sets `immediate_exit` in the kvm_run of the vCPU that thread runs.
 //!
-//! A signal that arrives while the thread is in the guest ends KVM_RUN with
-//! EINTR. One that arrives while the thread is in user space (handling an
-//! exit) sets `immediate_exit`, so the next KVM_RUN returns at once instead
-//! of entering the guest: either way the thread gets back to its loop and
-//! sees why it was kicked. `Vcpu::run` clears the flag after such a return.
-//! A kick sent before a thread first enters `run` finds no kvm_run to mark
-//! and is lost; callers that wait for a kicked thread kick again on a short
-//! timeout (see the VMM's vCPU control).
+//! `Vcpu::run` marks its kvm_run as the thread's for the length of the
+//! call. A signal that arrives while the thread is in the guest ends
+//! KVM_RUN with EINTR; one that arrives just before the ioctl enters the
+//! guest sets `immediate_exit`, so KVM_RUN returns at once: either way the
+//! thread gets back to its loop and sees why it was kicked. `Vcpu::run`
+//! clears the flag after such a return. A kick that lands while the thread
+//! is outside `run` marks nothing; the caller's loop checks its state
+//! before every entry, and callers that wait for a kicked thread kick again
+//! on a short timeout (see the VMM's vCPU control).
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
@@ -51,11 +52,6 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// Mark `run` as the kvm_run of this thread's vCPU (null: none).
 pub(crate) fn set_current(run: *mut kvm_run) {
     CURRENT.with(|c| c.set(run));
-}
-
-/// This thread's registered kvm_run.
-pub(crate) fn current() -> *mut kvm_run {
-    CURRENT.with(Cell::get)
 }
 
 /// Send the kick signal to a vCPU thread that has not been joined yet

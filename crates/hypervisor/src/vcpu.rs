@@ -107,10 +107,13 @@ impl Vcpu {
         // but not the access size, which stays in kvm_run's `io` struct.
         // Keep a pointer to read it while the data slice is borrowed.
         let run: *mut kvm_run = self.fd.get_kvm_run();
-        if crate::kick::current() != run {
-            crate::kick::set_current(run);
-        }
-        match self.fd.run() {
+        // Marked only while this call runs, so the kick handler never sees
+        // a kvm_run that may be gone; a kick in between finds the VMM's
+        // own check before the next entry (see crate::kick).
+        crate::kick::set_current(run);
+        let result = self.fd.run();
+        crate::kick::set_current(std::ptr::null_mut());
+        match result {
             Ok(exit) => Ok(match exit {
                 K::IoIn(port, data) => {
                     // SAFETY: kvm-ioctls returned an I/O exit, so the kernel
@@ -154,16 +157,6 @@ impl Vcpu {
                 op: "KVM_RUN",
                 source: e,
             }),
-        }
-    }
-}
-
-impl Drop for Vcpu {
-    fn drop(&mut self) {
-        // The kvm_run mapping goes away with the fd: a later kick to this
-        // thread must not write to it.
-        if std::ptr::eq(crate::kick::current(), self.fd.get_kvm_run()) {
-            crate::kick::set_current(std::ptr::null_mut());
         }
     }
 }
