@@ -63,7 +63,8 @@ pub struct FirecrackerArgs {
     /// virtio-mmio, as with Firecracker)
     #[arg(long, help_heading = "Firecracker mode")]
     pub enable_pci: bool,
-    /// Log the guest's boot time when it signals boot completion
+    /// Accepted for compatibility; Vireo does not report the guest's boot
+    /// time through a boot-timer device yet
     #[arg(long, help_heading = "Firecracker mode")]
     pub boot_timer: bool,
     /// Write the log to this file or FIFO
