@@ -274,6 +274,9 @@ pub fn main(args: &FirecrackerArgs) -> ExitCode {
     if let Err(e) = observe(args) {
         return fail(e);
     }
+    if args.boot_timer {
+        eprintln!("vireo: warning: --boot-timer is not implemented yet; ignored");
+    }
     vlog!(
         Level::Info,
         "Vireo {} in Firecracker mode",
