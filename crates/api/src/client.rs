@@ -55,9 +55,23 @@ pub fn request(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    read_response(&mut s)
+    let sent = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body.as_bytes()));
+    match sent {
+        Ok(()) => read_response(&mut s),
+        // A server may answer and close before reading all of a body it
+        // refuses (413): its answer is still there to read.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            read_response(&mut s).map_err(|_| ClientError::Io(e))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn read_response(s: &mut UnixStream) -> Result<Reply, ClientError> {
