@@ -10,6 +10,7 @@
 //! `checkpoint` return false, so the threads leave their loops and can be
 //! joined.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +37,10 @@ struct State {
 pub struct VcpuControl {
     state: Mutex<State>,
     changed: Condvar,
+    /// `wanted == Run`, readable without the lock: the check before every
+    /// guest entry (a vCPU exit's hot path) is one atomic load. A thread
+    /// that read it just before a pause is caught by the pause's kicks.
+    running: AtomicBool,
 }
 
 impl Default for VcpuControl {
@@ -47,6 +52,7 @@ impl Default for VcpuControl {
                 finished: 0,
             }),
             changed: Condvar::new(),
+            running: AtomicBool::new(true),
         }
     }
 }
@@ -59,6 +65,9 @@ impl VcpuControl {
     /// vCPU side, before each guest entry: parks while paused; false when
     /// the thread must leave its loop.
     pub fn checkpoint(&self) -> bool {
+        if self.running.load(Ordering::Acquire) {
+            return true;
+        }
         let mut s = self.lock();
         if s.wanted == Wanted::Run {
             return true;
@@ -90,6 +99,7 @@ impl VcpuControl {
         let mut s = self.lock();
         if s.wanted == Wanted::Run {
             s.wanted = Wanted::Pause;
+            self.running.store(false, Ordering::Release);
         }
         self.wait_for(s, threads, timeout, |s| {
             s.parked + s.finished >= threads.len()
@@ -101,6 +111,7 @@ impl VcpuControl {
         let mut s = self.lock();
         if s.wanted == Wanted::Pause {
             s.wanted = Wanted::Run;
+            self.running.store(true, Ordering::Release);
             self.changed.notify_all();
         }
     }
@@ -115,6 +126,7 @@ impl VcpuControl {
     pub fn stop<T>(&self, threads: &[JoinHandle<T>], timeout: Duration) -> bool {
         let mut s = self.lock();
         s.wanted = Wanted::Stop;
+        self.running.store(false, Ordering::Release);
         self.changed.notify_all();
         self.wait_for(s, threads, timeout, |s| s.finished >= threads.len())
     }
