@@ -154,9 +154,12 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
         .arg(&base.kernel)
         .arg("-initrd")
         .arg(&initrd)
+        // softlockup_panic: a CPU stuck in L1's kernel ends the run at once
+        // with its backtrace (panic raises the console level), rather than
+        // leaving a hung run with one-line watchdog reports.
         .args([
             "-append",
-            "console=ttyS1 quiet loglevel=1 panic=-1 rdinit=/init",
+            "console=ttyS1 quiet loglevel=1 panic=-1 softlockup_panic=1 rdinit=/init",
         ]);
     let con = match &run.console {
         Ttys0::Interactive | Ttys0::Forward | Ttys0::Capture => "stdio,id=con,signal=off".into(),
