@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod pci;
+pub mod rate_limiter;
 pub mod thread;
 pub mod virtio;
 

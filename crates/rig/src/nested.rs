@@ -195,17 +195,11 @@ mod tests {
 
         c.disks = vec![
             vmm::config::DiskConfig {
-                path: k.clone(),
                 readonly: true,
                 id: Some("x".into()),
-                drive_id: None,
+                ..vmm::config::DiskConfig::new(k.clone())
             },
-            vmm::config::DiskConfig {
-                path: k.clone(),
-                readonly: false,
-                id: None,
-                drive_id: None,
-            },
+            vmm::config::DiskConfig::new(k.clone()),
         ];
         let (inner, _, drives) = l1_config(&c).unwrap();
         assert_eq!(inner.disks[0].path, PathBuf::from("/rig/disk-0"));

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{DiskConfig, Transport};
+use vmm::config::{DiskConfig, RngConfig, Transport};
+
+use crate::rate::{self, RateKeys};
 use vmm::{ConsoleConfig, VmConfig};
 
 use crate::size;
@@ -275,10 +277,17 @@ pub struct RunArgs {
     /// Serial console: stdio, off, or file=PATH
     #[arg(long, value_name = "MODE", value_parser = parse_console)]
     pub console: Option<ConsoleConfig>,
-    /// A virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,id=NAME].
+    /// A virtio-blk disk backed by a raw image:
+    /// path=FILE[,readonly=on][,id=NAME][,rate=BYTES_PER_SEC][,ops=OPS_PER_SEC].
     /// Repeat for more disks; the guest sees them as vda, vdb, ...
+    /// rate= (10M, 512K, ...) and ops= cap the disk's throughput and requests.
     #[arg(long = "disk", value_name = "SPEC", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// Entropy device (virtio-rng, /dev/hwrng in the guest): on, off, or
+    /// rate=BYTES_PER_SEC[,ops=OPS_PER_SEC] for a limited one
+    /// [default: on with the default guest, else off]
+    #[arg(long, value_name = "on|off|LIMITS", value_parser = parse_rng)]
+    pub rng: Option<RngChoice>,
     /// virtio transport: pci (the default) or mmio (also chosen when the
     /// command line has pci=off)
     #[arg(long, value_name = "pci|mmio")]
@@ -319,16 +328,16 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
 
 /// Parse `path=FILE[,readonly=on|off][,id=NAME]`.
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    let mut disk = DiskConfig {
-        path: PathBuf::new(),
-        readonly: false,
-        id: None,
-        drive_id: None,
-    };
+    let mut disk = DiskConfig::new(PathBuf::new());
+    let mut rate = RateKeys::default();
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("invalid disk '{s}': '{part}' is not key=value"))?;
+        if let Some(taken) = rate.take("disk", key, value) {
+            taken.map_err(|e| format!("{e} (in '{s}')"))?;
+            continue;
+        }
         match key {
             "path" if !value.is_empty() => disk.path = PathBuf::from(value),
             "readonly" | "ro" => {
@@ -342,15 +351,43 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             "id" => return Err(format!("invalid disk '{s}': id is at most 20 bytes")),
             _ => {
                 return Err(format!(
-                    "invalid disk '{s}': unknown or empty key '{key}' (use path=FILE[,readonly=on][,id=NAME])"
+                    "invalid disk '{s}': unknown or empty key '{key}' (use path=FILE[,readonly=on][,id=NAME][,{}])",
+                    rate::KEYS
                 ))
             }
         }
     }
+    disk.rate_limiter = rate.config();
     if disk.path.as_os_str().is_empty() {
         return Err(format!("invalid disk '{s}': path=FILE is required"));
     }
     Ok(disk)
+}
+
+/// Parse `on`, `off` or rate keys (a limited device).
+/// `--rng`: the device to add, or None for off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RngChoice(pub Option<RngConfig>);
+
+fn parse_rng(s: &str) -> Result<RngChoice, String> {
+    match s {
+        "on" => return Ok(RngChoice(Some(RngConfig::default()))),
+        "off" => return Ok(RngChoice(None)),
+        _ => {}
+    }
+    let mut rate = RateKeys::default();
+    for part in s.split(',') {
+        let taken = part
+            .split_once('=')
+            .and_then(|(key, value)| rate.take("rng", key, value));
+        match taken {
+            Some(r) => r?,
+            None => return Err(format!("invalid rng '{s}': use on, off or {}", rate::KEYS)),
+        }
+    }
+    Ok(RngChoice(Some(RngConfig {
+        rate_limiter: rate.config(),
+    })))
 }
 
 /// What `vireo run` was asked for: a VM configuration, possibly without a
@@ -394,6 +431,14 @@ impl RunArgs {
         config.disks.extend(self.disks.iter().cloned());
         if let Some(t) = self.transport {
             config.transport = t;
+        }
+        match &self.rng {
+            Some(RngChoice(rng)) => config.rng = rng.clone(),
+            // The default guest gets entropy at boot unless told otherwise.
+            None if use_default_guest && self.config.is_none() => {
+                config.rng = Some(RngConfig::default())
+            }
+            None => {}
         }
         Ok(RunRequest {
             config,
@@ -489,6 +534,47 @@ mod tests {
             assert!(run_args(&["--disk", bad]).is_err(), "{bad}");
         }
         assert!(run_args(&["--disk", "path=/a,id=123456789012345678901"]).is_err());
+    }
+
+    #[test]
+    fn disks_take_rate_limits() {
+        let r = run_args(&["--disk", "path=/a.img,rate=8M,ops=50"]).unwrap();
+        let d = &r.to_request().unwrap().config.disks[0];
+        let limit = d.rate_limiter.unwrap();
+        assert_eq!(limit.bandwidth.unwrap().size, 8 << 20);
+        assert_eq!(limit.ops.unwrap().size, 50);
+        let r = run_args(&["--disk", "path=/a.img"]).unwrap();
+        assert_eq!(r.to_request().unwrap().config.disks[0].rate_limiter, None);
+        for bad in ["path=/a,rate=0", "path=/a,rate=lots", "path=/a,ops=-1"] {
+            let e = run_args(&["--disk", bad]).err().unwrap().to_string();
+            assert!(e.contains("invalid disk"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rng_is_on_for_the_default_guest_and_takes_limits() {
+        let req = run_args(&[]).unwrap().to_request().unwrap();
+        assert_eq!(req.config.rng, Some(RngConfig::default()));
+        let req = run_args(&["--rng", "off"]).unwrap().to_request().unwrap();
+        assert_eq!(req.config.rng, None);
+        let req = run_args(&["--kernel", "/k"]).unwrap().to_request().unwrap();
+        assert_eq!(req.config.rng, None);
+        let req = run_args(&["--kernel", "/k", "--rng", "on"])
+            .unwrap()
+            .to_request()
+            .unwrap();
+        assert_eq!(req.config.rng, Some(RngConfig::default()));
+        let req = run_args(&["--rng", "rate=1K"])
+            .unwrap()
+            .to_request()
+            .unwrap();
+        let limit = req.config.rng.unwrap().rate_limiter.unwrap();
+        assert_eq!(limit.bandwidth.unwrap().size, 1024);
+        assert_eq!(limit.ops, None);
+        for bad in ["maybe", "rate=0", "speed=3", "rate=1K,x"] {
+            let e = run_args(&["--rng", bad]).err().unwrap().to_string();
+            assert!(e.contains("rng"), "{bad}: {e}");
+        }
     }
 
     #[test]

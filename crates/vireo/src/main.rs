@@ -6,6 +6,7 @@
 mod cli;
 mod ctl;
 mod firecracker;
+mod rate;
 mod relay;
 mod size;
 

@@ -1,40 +1,63 @@
 //! Parsing memory sizes given on the command line (`512M`, `2G`, `1024`).
 
-/// Parse a size into MiB. A bare number is MiB; K, M, G and T suffixes are
-/// binary units (an optional trailing "iB" or "B" is accepted).
-pub fn parse_mib(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("invalid memory size '{s}': use a whole number of MiB with an optional K, M, G or T suffix, like 512M or 2G")
-    };
+/// A number with an optional binary-unit suffix (K, M, G, T, each with an
+/// optional "iB" or "B") in bytes; a bare number is `bare_unit` bytes.
+/// None when it does not parse or overflows.
+fn scaled(s: &str, bare_unit: u64) -> Option<u64> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
         .or_else(|| t.strip_suffix('B'))
         .unwrap_or(t);
-    let (digits, shift_kib) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 0u32),
-        Some('M' | 'm') => (&t[..t.len() - 1], 10),
-        Some('G' | 'g') => (&t[..t.len() - 1], 20),
-        Some('T' | 't') => (&t[..t.len() - 1], 30),
-        Some(c) if c.is_ascii_digit() => (t, 10),
-        _ => return Err(bad()),
+    let (digits, unit) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&t[..t.len() - 1], 1 << 20),
+        'G' | 'g' => (&t[..t.len() - 1], 1 << 30),
+        'T' | 't' => (&t[..t.len() - 1], 1 << 40),
+        c if c.is_ascii_digit() => (t, bare_unit),
+        _ => return None,
     };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let kib = n
-        .checked_shl(shift_kib)
-        .filter(|v| v >> shift_kib == n)
-        .ok_or_else(bad)?;
-    if kib % 1024 != 0 {
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// Parse a size into MiB. A bare number is MiB; K, M, G and T suffixes are
+/// binary units (an optional trailing "iB" or "B" is accepted).
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let bytes = scaled(s, 1 << 20).ok_or_else(|| {
+        format!("invalid memory size '{s}': use a whole number of MiB with an optional K, M, G or T suffix, like 512M or 2G")
+    })?;
+    if bytes % (1 << 20) != 0 {
         return Err(format!(
             "invalid memory size '{s}': guest memory must be a whole number of MiB"
         ));
     }
-    Ok(kib / 1024)
+    Ok(bytes >> 20)
+}
+
+/// Parse a byte count: a bare number is bytes; K, M, G and T suffixes are
+/// binary units (an optional trailing "iB" or "B" is accepted). `what`
+/// names the value in the error.
+pub fn parse_bytes(s: &str, what: &str) -> Result<u64, String> {
+    scaled(s, 1).ok_or_else(|| {
+        format!("invalid {what} '{s}': use a whole number of bytes with an optional K, M, G or T suffix, like 4096 or 10M")
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("4096", "rate"), Ok(4096));
+        assert_eq!(parse_bytes("10M", "rate"), Ok(10 << 20));
+        assert_eq!(parse_bytes("1KiB", "rate"), Ok(1024));
+        assert_eq!(parse_bytes("2g", "rate"), Ok(2 << 30));
+        for bad in ["", "M", "1.5M", "-1", "99999999999T", "5X"] {
+            let e = parse_bytes(bad, "disk rate").unwrap_err();
+            assert!(e.contains("invalid disk rate"), "{e}");
+        }
+    }
 
     #[test]
     fn units() {

@@ -213,17 +213,33 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     let mut virtio = Vec::new();
     let transport = config.virtio_transport();
     let mut virtio_mmio = crate::transport::MmioDevices::new(vm.clone());
+    // The guest sees the disks in order (vda, vdb, ...), then the rest.
+    let mut wanted: Vec<Box<dyn devices::virtio::VirtioDevice>> = Vec::new();
     for d in &config.disks {
         // One queue per vCPU.
-        let blk = devices::virtio::block::Block::new(
+        let mut blk = devices::virtio::block::Block::new(
             &d.path,
             d.readonly,
             d.id.clone(),
             u16::from(config.vcpus),
         )?;
+        if let Some(limit) = d.rate_limiter {
+            blk.set_rate_limit(limit);
+        }
+        wanted.push(Box::new(blk));
+    }
+    if let Some(rng) = &config.rng {
+        let limit = rng.rate_limiter.unwrap_or_default();
+        wanted.push(Box::new(devices::virtio::rng::Rng::new(limit)));
+    }
+    if let Some(v) = &config.vsock {
+        let dev = devices::virtio::vsock::Vsock::new(v.guest_cid, &v.uds_path)?;
+        wanted.push(Box::new(dev));
+    }
+    for device in wanted {
         virtio.push(crate::transport::add_virtio(
             transport,
-            Box::new(blk),
+            device,
             &mem,
             &mut pci,
             &mut virtio_mmio,

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use serde::{Deserialize, Serialize};
 
 /// Kernel command line that every guest gets before the user's additions.
@@ -39,6 +40,40 @@ pub struct DiskConfig {
     /// `PATCH /drives` and the metrics use; None for `vireo run` disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drive_id: Option<String>,
+    /// Bytes/s and requests/s limits (Firecracker's drive `rate_limiter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl DiskConfig {
+    /// A read-write disk on `path` with nothing else set.
+    pub fn new(path: PathBuf) -> Self {
+        DiskConfig {
+            path,
+            readonly: false,
+            id: None,
+            drive_id: None,
+            rate_limiter: None,
+        }
+    }
+}
+
+/// A virtio-vsock device: the guest's CID and the host Unix socket
+/// (Firecracker's convention: `CONNECT <port>` on it reaches a guest
+/// listener; guest connections to host port P reach `<uds_path>_P`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+/// A virtio-rng entropy device (bytes from the host's getrandom).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// How virtio devices reach the guest.
@@ -87,6 +122,12 @@ pub struct VmConfig {
     /// whatever this says (`VmConfig::virtio_transport`).
     #[serde(default)]
     pub transport: Transport,
+    /// An entropy device, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+    /// A vsock device, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -109,6 +150,8 @@ impl VmConfig {
             console: ConsoleConfig::default(),
             disks: Vec::new(),
             transport: Transport::default(),
+            rng: None,
+            vsock: None,
         }
     }
 
@@ -148,6 +191,16 @@ mod tests {
         c.vcpus = 2;
         c.memory_mib = 4096;
         c.console = ConsoleConfig::File("/tmp/c".into());
+        let mut d = DiskConfig::new("/d".into());
+        d.rate_limiter = Some(RateLimiterConfig::per_second(1 << 20, 0));
+        c.disks.push(d);
+        c.rng = Some(RngConfig {
+            rate_limiter: Some(RateLimiterConfig::per_second(0, 10)),
+        });
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/v.sock".into(),
+        });
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&s).unwrap(), c);
     }

@@ -65,6 +65,8 @@ pub enum Error {
     VirtioMmio(#[from] transport::MmioSetupError),
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::Error),
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::Error),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

@@ -6,17 +6,20 @@
 //!
 //! What maps: `boot-source` (kernel, initrd, boot_args), `machine-config`
 //! (vcpu_count, mem_size_mib), `drives` (path_on_host, is_read_only,
-//! is_root_device, partuuid, drive_id as the disk's serial), `serial`
+//! is_root_device, partuuid, drive_id as the disk's serial, rate_limiter),
+//! `entropy` (rate_limiter), `vsock` (guest_cid, uds_path), `serial`
 //! (serial_out_path). What a VM in this version of Vireo cannot have yet is
 //! refused with the field named, rather than silently dropped: network
-//! interfaces, vsock, balloon, entropy, pmem, memory hotplug, vhost-user
+//! interfaces, balloon, pmem, memory hotplug, vhost-user
 //! drives, huge pages, dirty-page tracking, CPU templates and SMT.
 
 use std::path::PathBuf;
 
 use api::models::{CpuTemplate, FullVmConfiguration, HugePages};
 
-use crate::config::{ConsoleConfig, DiskConfig, Transport, VmConfig};
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
+
+use crate::config::{ConsoleConfig, DiskConfig, RngConfig, Transport, VmConfig, VsockConfig};
 
 /// GET_ID serials are at most 20 bytes (virtio-blk).
 const SERIAL_MAX: usize = 20;
@@ -48,12 +51,6 @@ fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
     let issue = |what: &str, n: u32| format!("{what} (issue {n})");
     if !fc.network_interfaces.is_empty() {
         return Err(unsupported("network-interfaces", issue("virtio-net", 6)));
-    }
-    if fc.vsock.is_some() {
-        return Err(unsupported("vsock", issue("virtio-vsock", 6)));
-    }
-    if fc.entropy.is_some() {
-        return Err(unsupported("entropy", issue("virtio-rng", 6)));
     }
     if fc.balloon.is_some() {
         return Err(unsupported("balloon", issue("virtio-balloon", 7)));
@@ -89,12 +86,6 @@ fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
             return Err(unsupported(
                 format!("drives[{i}].socket"),
                 "vhost-user block devices",
-            ));
-        }
-        if d.rate_limiter.is_some() {
-            return Err(unsupported(
-                format!("drives[{i}].rate_limiter"),
-                "block rate limiting",
             ));
         }
     }
@@ -150,6 +141,7 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
             readonly,
             id: Some(serial_of(&d.drive_id)),
             drive_id: Some(d.drive_id.clone()),
+            rate_limiter: d.rate_limiter.as_ref().map(rate_limiter),
         });
     }
     if let Some(r) = root {
@@ -157,10 +149,30 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
         cmdline = format!("{cmdline} {arg}").trim().to_string();
     }
     config.cmdline = cmdline;
+    config.vsock = fc.vsock.as_ref().map(|v| VsockConfig {
+        guest_cid: u64::from(v.guest_cid),
+        uds_path: PathBuf::from(&v.uds_path),
+    });
+    config.rng = fc.entropy.as_ref().map(|e| RngConfig {
+        rate_limiter: e.rate_limiter.as_ref().map(rate_limiter),
+    });
     if let Some(path) = fc.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
         config.console = ConsoleConfig::File(PathBuf::from(path));
     }
     Ok(config)
+}
+
+/// Firecracker's rate limiter JSON as the devices' limiter settings.
+pub fn rate_limiter(r: &api::models::RateLimiter) -> RateLimiterConfig {
+    let bucket = |b: &api::models::TokenBucket| BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time: b.refill_time,
+    };
+    RateLimiterConfig {
+        bandwidth: r.bandwidth.as_ref().map(bucket),
+        ops: r.ops.as_ref().map(bucket),
+    }
 }
 
 /// The drive id as the disk's serial: its first 20 bytes, cut at a
@@ -242,8 +254,8 @@ mod tests {
                 "network-interfaces",
             ),
             (
-                r#""vsock": {"guest_cid": 3, "uds_path": "/v.sock"}"#,
-                "vsock",
+                r#""balloon": {"amount_mib": 0, "deflate_on_oom": false}"#,
+                "balloon",
             ),
             (
                 r#""machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
@@ -256,6 +268,39 @@ mod tests {
             let err = to_vm_config(&fc, false).unwrap_err().to_string();
             assert!(err.starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn rate_limiters_entropy_and_vsock_map_across() {
+        let fc = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false,
+                            "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 50,
+                                                            "refill_time": 100}}}],
+                "entropy": {"rate_limiter": {"ops": {"size": 5, "refill_time": 1000}}},
+                "vsock": {"guest_cid": 7, "uds_path": "/tmp/v.sock"}}"#,
+        );
+        let c = to_vm_config(&fc, false).unwrap();
+        let limit = c.disks[0].rate_limiter.unwrap();
+        assert_eq!(
+            limit.bandwidth,
+            Some(BucketConfig {
+                size: 1000,
+                one_time_burst: 50,
+                refill_time: 100
+            })
+        );
+        assert_eq!(limit.ops, None);
+        let rng = c.rng.unwrap().rate_limiter.unwrap();
+        assert_eq!(rng.ops.unwrap().size, 5);
+        let v = c.vsock.unwrap();
+        assert_eq!((v.guest_cid, v.uds_path), (7, PathBuf::from("/tmp/v.sock")));
+        let none = to_vm_config(
+            &parse(r#"{"boot-source": {"kernel_image_path": "/k"}}"#),
+            false,
+        )
+        .unwrap();
+        assert_eq!((none.rng, none.vsock), (None, None));
     }
 
     #[test]

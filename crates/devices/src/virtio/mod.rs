@@ -34,10 +34,17 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use virtio_queue::Queue;
 
+pub mod device_thread;
 pub mod pause;
+pub mod served_queue;
 pub mod transport;
 
 pub mod block;
+pub mod rng;
+pub mod vsock;
+
+#[cfg(test)]
+pub mod test_utils;
 
 /// Guest memory as devices see it.
 pub type GuestMemory = memory::GuestMemory;
@@ -54,6 +61,18 @@ pub mod device_type {
 
 /// VIRTIO_F_VERSION_1: every Vireo device is a modern (1.x) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Copy a device's config bytes at `offset` into `data`; bytes past the
+/// end (or an offset that overflows) read as 0. For `read_config`.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o).copied())
+            .unwrap_or(0);
+    }
+}
 
 /// How a device tells the driver it has used buffers or changed its config.
 pub trait Interrupt: Send + Sync {

@@ -5,28 +5,26 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use super::disk::Disk;
+use super::engine::{Engine, EngineKind};
+use super::metrics::BlockMetrics;
+use super::persist::BlockState;
+use super::request::{MAX_DESCRIPTORS, MAX_ZERO_SECTORS, SEG_MAX, SIZE_MAX};
+use super::worker::{DiskSwap, Worker, WorkerQueue};
+use super::{Error, SECTOR_SIZE};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::virtio::device_thread::{DeviceThread, DeviceThreads};
+use crate::virtio::{
+    device_type, ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-use super::disk::Disk;
-use super::engine::{Engine, EngineKind, StopFlag};
-use super::metrics::BlockMetrics;
-use super::persist::BlockState;
-use super::request::{MAX_DESCRIPTORS, MAX_ZERO_SECTORS, SEG_MAX, SIZE_MAX};
-use super::worker::{DiskSwap, Worker, WorkerQueue};
-use super::{Error, SECTOR_SIZE};
-use crate::virtio::pause::PauseGate;
-use crate::virtio::{
-    device_type, ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
-};
 
 /// Size of every queue.
 pub const QUEUE_SIZE: u16 = MAX_DESCRIPTORS as u16;
@@ -54,27 +52,6 @@ mod offset {
 /// How long a pause waits for the worker's in-flight I/O.
 const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-struct Running {
-    /// Wakes the worker's epoll wait.
-    wake: EventFd,
-    /// Seen by the worker and its engine between steps of long work.
-    stop: StopFlag,
-    /// Holds the worker still while the VM is paused.
-    pause: Arc<PauseGate>,
-    /// A new disk for the worker (`replace_disk`).
-    swap: DiskSwap,
-    thread: JoinHandle<()>,
-}
-
-impl Running {
-    fn signal(&self) {
-        self.stop.set();
-        let _ = self.wake.write(1);
-        // A paused worker must wake up to see the stop.
-        self.pause.release();
-    }
-}
-
 /// A virtio-blk device.
 pub struct Block {
     disk: Arc<Disk>,
@@ -86,9 +63,12 @@ pub struct Block {
     metrics: Arc<BlockMetrics>,
     engine_pref: EngineKind,
     engine_used: Option<EngineKind>,
-    running: Option<Running>,
-    /// A worker told to stop (by `reset`) that may not have finished yet.
-    stopping: Option<Running>,
+    /// The device thread (and one that may still be stopping).
+    threads: DeviceThreads,
+    /// Where `replace_disk` leaves a new disk for the running worker.
+    swap: DiskSwap,
+    /// Bytes and requests per second (default: unlimited).
+    limit: RateLimiterConfig,
     /// The VM is paused (`pause` without `resume`).
     paused: bool,
 }
@@ -134,8 +114,9 @@ impl Block {
             metrics: Arc::new(BlockMetrics::default()),
             engine_pref: EngineKind::default(),
             engine_used: None,
-            running: None,
-            stopping: None,
+            threads: DeviceThreads::default(),
+            swap: DiskSwap::default(),
+            limit: RateLimiterConfig::default(),
             paused: false,
         })
     }
@@ -173,7 +154,7 @@ impl Block {
             avail_features: self.avail_features,
             acked_features: self.acked_features,
             engine: self.engine_pref,
-            activated: self.running.is_some(),
+            activated: self.threads.is_running(),
         }
     }
 
@@ -181,6 +162,12 @@ impl Block {
     /// falling back to the thread pool).
     pub fn set_engine(&mut self, kind: EngineKind) {
         self.engine_pref = kind;
+    }
+
+    /// Limit the disk's bytes and requests per second from the next
+    /// activation on.
+    pub fn set_rate_limit(&mut self, limit: RateLimiterConfig) {
+        self.limit = limit;
     }
 
     /// The engine the running worker uses (None before activation).
@@ -205,7 +192,7 @@ impl Block {
     }
 
     pub fn is_active(&self) -> bool {
-        self.running.is_some()
+        self.threads.is_running()
     }
 }
 
@@ -248,13 +235,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o).copied())
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     /// Nothing in our config space is writable (no CONFIG_WCE).
@@ -272,8 +253,7 @@ impl VirtioDevice for Block {
                 need: usize::from(self.num_queues),
             });
         }
-        self.stop_worker();
-        self.join_stopping();
+        self.threads.join_all();
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut served = Vec::with_capacity(queues.len());
         for (i, mut aq) in queues.into_iter().enumerate() {
@@ -303,39 +283,28 @@ impl VirtioDevice for Block {
         let engine = Engine::new(self.disk.clone(), self.engine_pref, depth);
         self.engine_used = Some(engine.kind());
         let stop = engine.stop_flag().clone();
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let worker_wake = wake.try_clone().map_err(ActivateError::Worker)?;
+        let limiter = RateLimiter::new(&self.limit).map_err(ActivateError::Worker)?;
         let write_through = self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         let disk = self.disk.clone();
         let metrics = self.metrics.clone();
-        let pause = Arc::new(PauseGate::default());
-        let worker_pause = pause.clone();
-        let swap = DiskSwap::default();
-        let worker_swap = swap.clone();
+        // A disk left for an earlier worker is already `self.disk`.
+        crate::bus::lock(&self.swap).take();
+        let swap = self.swap.clone();
         let name = format!("vireo-blk-{}", self.id.as_deref().unwrap_or("disk"));
         let path = self.disk.path().display().to_string();
-        let thread = std::thread::Builder::new()
-            .name(name.chars().take(15).collect())
-            // A panic in the worker ends the VM with a reason (crate::thread).
-            .spawn(crate::thread::guard(name.clone(), move || {
-                // Built here: its request buffers hold raw host pointers and
-                // stay on this thread.
-                let worker =
-                    Worker::new(mem, disk, served, interrupt, engine, metrics, write_through)
-                        .with_pause_gate(worker_pause)
-                        .with_disk_swap(worker_swap);
-                if let Err(e) = worker.run(&worker_wake) {
-                    eprintln!("vireo: virtio-blk {path}: device thread stopped: {e}");
-                }
-            }))
-            .map_err(ActivateError::Worker)?;
-        self.running = Some(Running {
-            wake,
-            stop,
-            pause,
-            swap,
-            thread,
-        });
+        let thread = DeviceThread::spawn(&name, stop, move |control| {
+            // Built here: its request buffers hold raw host pointers and
+            // stay on this thread.
+            let worker = Worker::new(mem, disk, served, interrupt, engine, metrics, write_through)
+                .with_pause_gate(control.pause.clone())
+                .with_disk_swap(swap)
+                .with_rate_limiter(limiter);
+            if let Err(e) = worker.run(&control.wake) {
+                eprintln!("vireo: virtio-blk {path}: device thread stopped: {e}");
+            }
+        })
+        .map_err(ActivateError::Worker)?;
+        self.threads.start(thread);
         Ok(())
     }
 
@@ -361,6 +330,7 @@ impl VirtioDevice for Block {
             ("unsupported_count", get(&m.unsupported)),
             ("io_errors", get(&m.io_errors)),
             ("no_status_count", get(&m.no_status)),
+            ("rate_limiter_throttled_events", get(&m.throttled)),
             ("interrupts", get(&m.interrupts)),
         ]
     }
@@ -371,37 +341,25 @@ impl VirtioDevice for Block {
 
     fn pause(&mut self) {
         self.paused = true;
-        if let Some(r) = &self.running {
-            r.pause.request();
-            let _ = r.wake.write(1);
-            // Bounded by MAX_BYTES_IN_FLIGHT of I/O; a worker that does not
-            // park in time (a host disk that hangs) is reported, and the
-            // pause goes on without it.
-            if !r.pause.wait_parked(PAUSE_TIMEOUT) {
-                eprintln!(
-                    "vireo: virtio-blk {}: I/O still running after {:?} of pause",
-                    self.disk.path().display(),
-                    PAUSE_TIMEOUT
-                );
-            }
+        // Bounded by MAX_BYTES_IN_FLIGHT of I/O; a worker that does not
+        // park in time (a host disk that hangs) is reported, and the pause
+        // goes on without it.
+        if !self.threads.pause(PAUSE_TIMEOUT) {
+            eprintln!(
+                "vireo: virtio-blk {}: I/O still running after {:?} of pause",
+                self.disk.path().display(),
+                PAUSE_TIMEOUT
+            );
         }
     }
 
     fn resume(&mut self) {
         self.paused = false;
-        if let Some(r) = &self.running {
-            r.pause.release();
-        }
+        self.threads.resume();
     }
 
     fn reset_done(&mut self) -> bool {
-        match &self.stopping {
-            Some(r) if !r.thread.is_finished() => false,
-            _ => {
-                self.join_stopping();
-                true
-            }
-        }
+        self.threads.done()
     }
 }
 
@@ -413,20 +371,16 @@ impl Block {
     /// the configuration (capacity) changed.
     pub fn replace_disk(&mut self, path: &Path) -> Result<(), Error> {
         let disk = Arc::new(Disk::open(path, self.disk.readonly(), self.id.as_deref())?);
-        if let Some(r) = &self.running {
-            if !self.paused {
-                r.pause.request();
-                let _ = r.wake.write(1);
-                if !r.pause.wait_parked(PAUSE_TIMEOUT) {
-                    r.pause.release();
-                    return Err(Error::SwitchTimeout {
-                        path: path.to_path_buf(),
-                    });
-                }
+        if let Some(t) = self.threads.running() {
+            if !self.paused && !t.park(PAUSE_TIMEOUT) {
+                t.unpark();
+                return Err(Error::SwitchTimeout {
+                    path: path.to_path_buf(),
+                });
             }
-            *crate::bus::lock(&r.swap) = Some(disk.clone());
+            *crate::bus::lock(&self.swap) = Some(disk.clone());
             if !self.paused {
-                r.pause.release();
+                t.unpark();
             }
         }
         self.config = build_config(&disk, self.num_queues);
@@ -438,28 +392,8 @@ impl Block {
     /// on, cancels the I/O not yet started and exits once the I/O already
     /// running is done (see `worker.rs`). Does not wait.
     fn stop_worker(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.signal();
-            // At most one worker stops at a time: activation joins the
-            // previous one first.
-            self.join_stopping();
-            self.stopping = Some(running);
-        }
+        self.threads.stop();
         self.engine_used = None;
-    }
-
-    /// Wait for a stopping device thread to end.
-    fn join_stopping(&mut self) {
-        if let Some(r) = self.stopping.take() {
-            let _ = r.thread.join();
-        }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.stop_worker();
-        self.join_stopping();
     }
 }
 

@@ -25,6 +25,8 @@ pub struct BlockMetrics {
     pub io_errors: AtomicU64,
     /// Chains returned with no status byte (nowhere to write it).
     pub no_status: AtomicU64,
+    /// Times the rate limiter held the disk back.
+    pub throttled: AtomicU64,
     /// Interrupts raised (one per batch, fewer with EVENT_IDX).
     pub interrupts: AtomicU64,
 }

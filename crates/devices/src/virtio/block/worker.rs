@@ -32,7 +32,7 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,6 +41,8 @@ use super::disk::{self, Disk};
 use super::engine::{Completion, Engine, Op, StopFlag};
 use super::metrics::BlockMetrics;
 use super::request::{self, ChainBuf, DiskInfo, RequestError, RequestKind};
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::device_thread::wait_events;
 use crate::virtio::pause::PauseGate;
 use crate::virtio::{GuestMemory, Interrupt};
 
@@ -57,6 +59,7 @@ pub const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
 const TOKEN_STOP: u64 = u64::MAX;
 const TOKEN_ENGINE: u64 = u64::MAX - 1;
+const TOKEN_LIMITER: u64 = u64::MAX - 2;
 
 const STATUS_OK: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
 const STATUS_IOERR: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8;
@@ -115,6 +118,8 @@ pub struct Worker {
     pause: Arc<PauseGate>,
     /// A new backing file to switch to the next time the worker parks.
     swap: DiskSwap,
+    /// The disk's rate limit (every queue shares it).
+    limiter: RateLimiter,
 }
 
 /// Where a device leaves a new disk for its parked worker to take.
@@ -164,7 +169,14 @@ impl Worker {
             stop,
             pause: Arc::default(),
             swap: Arc::default(),
+            limiter: RateLimiter::unlimited(),
         }
+    }
+
+    /// Limit the disk's bytes and requests per second.
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Take new disks from `swap` when parked (see `Block::replace_disk`).
@@ -268,15 +280,14 @@ impl Worker {
                 add(kick.as_raw_fd(), qi as u64, edge)?;
             }
         }
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
+        if let Some(fd) = self.limiter.timer_fd() {
+            add(fd, TOKEN_LIMITER, EventSet::IN)?;
+        }
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 3];
         // Chains made available before activation are served right away.
         let mut timeout = 0;
         loop {
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let n = wait_events(&epoll, timeout, &mut events)?;
             for ev in &events[..n] {
                 match ev.data() {
                     // The same eventfd wakes the worker for a stop and for
@@ -286,6 +297,7 @@ impl Worker {
                         let _ = stop.read();
                     }
                     TOKEN_ENGINE => {}
+                    TOKEN_LIMITER => self.limiter.on_timer(),
                     qi => {
                         if let Some(q) = self.queues.get_mut(qi as usize) {
                             q.more = true;
@@ -320,7 +332,8 @@ impl Worker {
                 continue;
             }
             self.signal();
-            timeout = if self.queues.iter().any(|q| q.more) {
+            // A throttled disk sleeps until the limiter's timer.
+            timeout = if self.queues.iter().any(|q| q.more) && !self.limiter.is_blocked() {
                 0
             } else {
                 -1
@@ -344,7 +357,7 @@ impl Worker {
                     self.queues[qi].more = true;
                     return;
                 }
-                if budget == 0 {
+                if budget == 0 || self.limiter.is_blocked() {
                     self.queues[qi].more = true;
                     return;
                 }
@@ -368,6 +381,18 @@ impl Worker {
                 let slot = &mut self.slots[slot_id as usize];
                 match request::parse(chain, &self.mem, self.info, &mut slot.buf) {
                     Ok(req) => {
+                        let bytes = match req.kind {
+                            RequestKind::Read { .. } | RequestKind::Write { .. } => req.data_len,
+                            _ => 0,
+                        };
+                        if self.limiter.consume(1, u64::from(bytes)).is_err() {
+                            // Served again when the limiter's timer fires.
+                            self.queues[qi].queue.go_to_previous_position();
+                            self.free.push(slot_id);
+                            BlockMetrics::add(&self.metrics.throttled, 1);
+                            self.queues[qi].more = true;
+                            return;
+                        }
                         slot.queue = qi;
                         slot.head = head;
                         slot.status = req.status;

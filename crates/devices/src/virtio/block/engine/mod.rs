@@ -28,7 +28,6 @@ mod uring;
 
 use std::io;
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -70,33 +69,7 @@ pub struct Completion {
     pub result: i32,
 }
 
-/// Set once when a device stops; everything serving that device looks at it
-/// between steps of long work.
-#[derive(Clone, Debug, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Err(ECANCELED) once set: for `?` between the steps of long work.
-    pub fn check(&self) -> io::Result<()> {
-        if self.is_set() {
-            Err(io::Error::from_raw_os_error(libc::ECANCELED))
-        } else {
-            Ok(())
-        }
-    }
-}
+pub use crate::virtio::device_thread::StopFlag;
 
 /// The engine a worker uses.
 #[derive(Debug)]
