@@ -83,6 +83,7 @@ fn drives_reach_l1_and_writes_reach_the_host() {
             readonly: false,
         }],
         control: None,
+        vsock_channel: None,
     };
     let out = rig::qemu::run_l1(&run);
     let after = std::fs::read(&img).unwrap();

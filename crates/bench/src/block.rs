@@ -331,6 +331,7 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
         forward_log: false,
         drives: Vec::new(),
         control: None,
+        vsock_channel: None,
     })?;
     let [v, q] = parse_block_results(&out.stdout, ["vireo", "qemu"])
         .map_err(|e| with_l1_context(e, &out))?;

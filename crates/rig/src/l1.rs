@@ -27,10 +27,11 @@ pub const EXIT_MARKER: &str = "VIREO_RIG_EXIT=";
 /// Modules that give L1 a /dev/kvm (dependencies are added from the index).
 const KVM_MODULES: &[&str] = &["kvm_amd"];
 
-/// Modules for the virtio-blk drives that carry the guest's disks into L1.
-const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+/// Modules for the virtio-blk drives that carry the guest's disks into L1,
+/// and for the virtio-serial port that carries vsock's relay.
+const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console"];
 
-const RECIPE_VERSION: &str = "rig-l1-recipe-3";
+const RECIPE_VERSION: &str = "rig-l1-recipe-4";
 
 /// The Debian flavour L1 falls back to when the cloud kernel lacks KVM.
 const STANDARD_FLAVOUR: &str = "amd64";

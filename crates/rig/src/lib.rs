@@ -21,6 +21,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use l1::add_executable;
+
+/// A guest initrd: `base` followed by an archive holding each program
+/// `(host executable, guest path)` with the shared libraries it needs at
+/// their host paths (so a dynamically linked tool runs in a busybox guest).
+/// Returns the size written to `out`.
+pub fn initrd_with_programs(
+    base: &std::path::Path,
+    programs: &[(PathBuf, &str)],
+    out: &std::path::Path,
+) -> Result<u64, RigError> {
+    let mut files = Vec::new();
+    for (exe, path) in programs {
+        add_executable(&mut files, exe, path)?;
+    }
+    l1::write_combined(base, "", &files, out)
+}
 pub use nested::{run_nested, run_nested_api, run_nested_with_binary};
 
 /// When `vireo run` uses the rig.
@@ -132,6 +148,8 @@ pub enum RigError {
     Interrupted(i32),
     #[error("cannot write the L1 configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::Error),
 }
 
 impl RigError {
@@ -171,6 +189,7 @@ pub fn run_l1_script(
         forward_log: false,
         drives: Vec::new(),
         control: None,
+        vsock_channel: None,
     })
 }
 

@@ -3,7 +3,10 @@
 //! `vireo run --config /rig/vm.json --emulate=never` there with the guest
 //! console on L1's ttyS0 and its stderr on the control channel.
 
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+
+use devices::virtio::vsock::relay;
 
 use vmm::{ConsoleConfig, VmConfig};
 
@@ -15,6 +18,9 @@ const L1_VIREO: &str = "/rig/bin/vireo";
 const L1_KERNEL: &str = "/rig/kernel";
 const L1_INITRD: &str = "/rig/initrd";
 const L1_CONFIG: &str = "/rig/vm.json";
+/// The inner vsock device's socket in L1 (the relay connects host programs
+/// to it).
+const L1_VSOCK: &str = "/rig/vsock.sock";
 
 /// Boots L1 and runs `config` there with this process's own binary (which
 /// must be `vireo`); returns the inner vireo's exit code. `interactive`
@@ -63,6 +69,12 @@ fn nested(
     let _cleanup = guest::cache::RemoveOnDrop(Some(tmp.clone()));
 
     let (inner, mut files, drives) = l1_config(config)?;
+    // vsock: the user's socket is served here, on the host, and relayed to
+    // the inner device over a virtio-serial port of L1.
+    let _vsock = match &config.vsock {
+        Some(v) => Some(VsockHost::start(&v.uds_path, &tmp)?),
+        None => None,
+    };
     let json = serde_json::to_vec_pretty(&inner).map_err(|e| RigError::Config(e.to_string()))?;
     let json_path = tmp.join("vm.json");
     std::fs::write(&json_path, json).map_err(|e| RigError::io(&json_path, e))?;
@@ -85,8 +97,55 @@ fn nested(
         forward_log: true,
         drives,
         control: control.map(|(sock, _)| sock.to_path_buf()),
+        vsock_channel: _vsock.as_ref().map(|v| v.channel.clone()),
     })
     .map(|o| o.exit_code)
+}
+
+/// The host side of a nested run's vsock device: the user's socket, and
+/// the channel QEMU connects to as L1's relay port. Removes the user's
+/// socket when the run ends (as the device does on a direct run).
+struct VsockHost {
+    uds_path: PathBuf,
+    channel: PathBuf,
+}
+
+impl VsockHost {
+    fn start(uds_path: &Path, tmp: &Path) -> Result<VsockHost, RigError> {
+        if std::fs::symlink_metadata(uds_path).is_ok() {
+            return Err(devices::virtio::vsock::Error::PathExists(uds_path.to_path_buf()).into());
+        }
+        let listener =
+            UnixListener::bind(uds_path).map_err(|source| devices::virtio::vsock::Error::Bind {
+                path: uds_path.to_path_buf(),
+                source,
+            })?;
+        let host = VsockHost {
+            uds_path: uds_path.to_path_buf(),
+            channel: tmp.join("vsock-relay.sock"),
+        };
+        let chan = UnixListener::bind(&host.channel).map_err(|e| RigError::io(&host.channel, e))?;
+        let uds = uds_path.to_path_buf();
+        std::thread::Builder::new()
+            .name("vireo-vsock-rig".into())
+            .spawn(move || {
+                // QEMU connects once, at start.
+                if let Ok((stream, _)) = chan.accept() {
+                    let file = std::fs::File::from(std::os::fd::OwnedFd::from(stream));
+                    if let Err(e) = relay::serve_host(listener, &uds, file) {
+                        eprintln!("vireo: vsock relay: {e}");
+                    }
+                }
+            })
+            .map_err(|e| RigError::io(&host.channel, e))?;
+        Ok(host)
+    }
+}
+
+impl Drop for VsockHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.uds_path);
+    }
 }
 
 /// What a nested run hands L1.
@@ -116,6 +175,10 @@ fn l1_config(config: &VmConfig) -> Result<L1Inputs, RigError> {
         inner.initrd = Some(PathBuf::from(L1_INITRD));
     }
     inner.console = ConsoleConfig::Stdio;
+    if let Some(v) = &mut inner.vsock {
+        v.uds_path = PathBuf::from(L1_VSOCK);
+        v.host_relay = true;
+    }
     Ok((inner, files, drives))
 }
 

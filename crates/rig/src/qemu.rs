@@ -62,6 +62,9 @@ pub struct L1Run {
     /// A Unix socket, listening, that QEMU connects to as L1's ttyS2: a
     /// byte channel between the host and a program in L1 (the API relay).
     pub control: Option<PathBuf>,
+    /// A Unix socket, listening, that QEMU connects to as L1's
+    /// virtio-serial port `vireo.vsock`: the vsock relay's channel.
+    pub vsock_channel: Option<PathBuf>,
 }
 
 /// A host disk image passed through to L1 (writes reach the host file).
@@ -174,6 +177,15 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
         cmd.arg("-chardev")
             .arg(format!("socket,id=relay,path={}", chardev_path(sock)?))
             .args(["-serial", "chardev:relay"]);
+    }
+    if let Some(sock) = &run.vsock_channel {
+        cmd.args(["-device", "virtio-serial-pci,id=vser0"]);
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=vsk,path={}", chardev_path(sock)?));
+        cmd.arg("-device").arg(format!(
+            "virtserialport,bus=vser0.0,chardev=vsk,name={}",
+            devices::virtio::vsock::relay::PORT_NAME
+        ));
     }
     for (n, d) in run.drives.iter().enumerate() {
         cmd.arg("-drive").arg(format!(

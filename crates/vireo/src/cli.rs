@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{DiskConfig, RngConfig, Transport};
+use vmm::config::{DiskConfig, RngConfig, Transport, VsockConfig};
 
 use crate::rate::{self, RateKeys};
 use vmm::{ConsoleConfig, VmConfig};
@@ -288,6 +288,12 @@ pub struct RunArgs {
     /// [default: on with the default guest, else off]
     #[arg(long, value_name = "on|off|LIMITS", value_parser = parse_rng)]
     pub rng: Option<RngChoice>,
+    /// A virtio-vsock device: cid=N (3 or more),uds=PATH. Host programs
+    /// connect to PATH and write "CONNECT <port>\n" to reach a guest
+    /// listener (answered "OK <hostport>\n"); guest connections to host port
+    /// P arrive at the Unix socket PATH_P (Firecracker's convention)
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
+    pub vsock: Option<VsockConfig>,
     /// virtio transport: pci (the default) or mmio (also chosen when the
     /// command line has pci=off)
     #[arg(long, value_name = "pci|mmio")]
@@ -390,6 +396,42 @@ fn parse_rng(s: &str) -> Result<RngChoice, String> {
     })))
 }
 
+/// Parse `cid=N,uds=PATH` (also `guest_cid=` and `uds_path=`).
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid" | "guest_cid", v)) => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("invalid vsock '{s}': cid is a number"))?;
+                if n < 3 || n > u64::from(u32::MAX) {
+                    return Err(format!(
+                        "invalid vsock '{s}': cid {n} is reserved or too big (use 3 to 4294967295)"
+                    ));
+                }
+                cid = Some(n);
+            }
+            Some(("uds" | "uds_path", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+            _ => {
+                return Err(format!(
+                    "invalid vsock '{s}': unknown or empty key in '{part}' (use cid=N,uds=PATH)"
+                ))
+            }
+        }
+    }
+    match (cid, uds) {
+        (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig {
+            guest_cid,
+            uds_path,
+            host_relay: false,
+        }),
+        _ => Err(format!(
+            "invalid vsock '{s}': both cid=N and uds=PATH are needed"
+        )),
+    }
+}
+
 /// What `vireo run` was asked for: a VM configuration, possibly without a
 /// kernel yet (then the default guest provides it).
 pub struct RunRequest {
@@ -431,6 +473,9 @@ impl RunArgs {
         config.disks.extend(self.disks.iter().cloned());
         if let Some(t) = self.transport {
             config.transport = t;
+        }
+        if let Some(v) = &self.vsock {
+            config.vsock = Some(v.clone());
         }
         match &self.rng {
             Some(RngChoice(rng)) => config.rng = rng.clone(),
@@ -574,6 +619,25 @@ mod tests {
         for bad in ["maybe", "rate=0", "speed=3", "rate=1K,x"] {
             let e = run_args(&["--rng", bad]).err().unwrap().to_string();
             assert!(e.contains("rng"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vsock_flag() {
+        let r = run_args(&["--vsock", "cid=7,uds=/tmp/v.sock"]).unwrap();
+        let v = r.to_request().unwrap().config.vsock.unwrap();
+        assert_eq!((v.guest_cid, v.uds_path), (7, PathBuf::from("/tmp/v.sock")));
+        let r = run_args(&["--vsock", "uds_path=/v,guest_cid=3"]).unwrap();
+        assert_eq!(r.to_request().unwrap().config.vsock.unwrap().guest_cid, 3);
+        for (bad, needle) in [
+            ("cid=2,uds=/v", "reserved"),
+            ("cid=x,uds=/v", "number"),
+            ("cid=5", "both"),
+            ("cid=5,uds=", "empty"),
+            ("cid=5,uds=/v,port=3", "unknown"),
+        ] {
+            let e = run_args(&["--vsock", bad]).err().unwrap().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
         }
     }
 

@@ -135,6 +135,15 @@ pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     if let ConsoleConfig::File(path) = &config.console {
         console::serial_output(&ConsoleConfig::File(path.clone()))?;
     }
+    if let Some(v) = &config.vsock {
+        use devices::virtio::vsock::{Error as VsockError, MIN_GUEST_CID};
+        if v.guest_cid < MIN_GUEST_CID || v.guest_cid > u64::from(u32::MAX) {
+            return Err(VsockError::BadCid(v.guest_cid).into());
+        }
+        if std::fs::symlink_metadata(&v.uds_path).is_ok() {
+            return Err(VsockError::PathExists(v.uds_path.clone()).into());
+        }
+    }
     Ok(())
 }
 
@@ -233,7 +242,17 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         wanted.push(Box::new(devices::virtio::rng::Rng::new(limit)));
     }
     if let Some(v) = &config.vsock {
-        let dev = devices::virtio::vsock::Vsock::new(v.guest_cid, &v.uds_path)?;
+        let mut dev = devices::virtio::vsock::Vsock::new(v.guest_cid, &v.uds_path)?;
+        if v.host_relay {
+            use devices::virtio::vsock::relay::InnerEnd;
+            let end = InnerEnd::open_port()
+                .and_then(|port| InnerEnd::start(port, &v.uds_path))
+                .map_err(|source| Error::Io {
+                    what: "vsock relay port of the nested rig",
+                    source,
+                })?;
+            dev = dev.with_connector(end);
+        }
         wanted.push(Box::new(dev));
     }
     for device in wanted {

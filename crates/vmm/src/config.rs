@@ -66,6 +66,11 @@ impl DiskConfig {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+    /// Set by the nested rig inside L1: host ports are reached through the
+    /// rig's relay port, and `uds_path` is where the relay brings host
+    /// programs (see `devices::virtio::vsock::relay`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_relay: bool,
 }
 
 /// A virtio-rng entropy device (bytes from the host's getrandom).
@@ -200,6 +205,7 @@ mod tests {
         c.vsock = Some(VsockConfig {
             guest_cid: 3,
             uds_path: "/v.sock".into(),
+            host_relay: true,
         });
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&s).unwrap(), c);

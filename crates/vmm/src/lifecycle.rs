@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use devices::virtio::device_type;
+
 use crate::builder::Vm;
 use crate::{vcpu, Error};
 
@@ -98,8 +100,9 @@ impl Vm {
     }
 
     /// One metrics line for this VM (see `observe::metrics`): its state
-    /// and each disk's counters, named `block_<id>` as Firecracker names
-    /// them after the drive id.
+    /// and each device's counters: disks named `block_<id>` after the drive
+    /// id, the entropy device `entropy` and vsock `vsock`, as Firecracker
+    /// names them.
     pub fn metrics(&self) -> serde_json::Value {
         let state = match self.state() {
             RunState::Running => "Running",
@@ -110,12 +113,19 @@ impl Vm {
             .iter()
             .enumerate()
             .map(|(i, t)| {
+                let transport = devices::bus::lock(t);
+                let device = transport.device();
                 let disk = self.config.disks.get(i);
-                let name = match disk.and_then(|d| d.drive_id.as_deref().or(d.id.as_deref())) {
-                    Some(id) => format!("block_{id}"),
-                    None => format!("block_{i}"),
+                let name = match (device.device_type(), disk) {
+                    (device_type::RNG, _) => "entropy".to_string(),
+                    (device_type::VSOCK, _) => "vsock".to_string(),
+                    (_, Some(d)) => match d.drive_id.as_deref().or(d.id.as_deref()) {
+                        Some(id) => format!("block_{id}"),
+                        None => format!("block_{i}"),
+                    },
+                    _ => format!("virtio_{i}"),
                 };
-                (name, devices::bus::lock(t).device().counters())
+                (name, device.counters())
             })
             .collect();
         crate::observe::metrics::snapshot(state, self.vcpu_count(), &devices)

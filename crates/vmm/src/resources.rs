@@ -152,6 +152,7 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
     config.vsock = fc.vsock.as_ref().map(|v| VsockConfig {
         guest_cid: u64::from(v.guest_cid),
         uds_path: PathBuf::from(&v.uds_path),
+        host_relay: false,
     });
     config.rng = fc.entropy.as_ref().map(|e| RngConfig {
         rate_limiter: e.rate_limiter.as_ref().map(rate_limiter),

@@ -12,7 +12,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 
 use super::metrics::VsockMetrics;
-use super::muxer::Muxer;
+use super::muxer::{HostConnector, Muxer, UdsConnector};
 use super::persist::VsockState;
 use super::worker::Worker;
 use crate::virtio::device_thread::{DeviceThread, DeviceThreads, StopFlag};
@@ -49,6 +49,7 @@ pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
+    connector: Arc<dyn HostConnector>,
     avail_features: u64,
     acked_features: u64,
     metrics: Arc<VsockMetrics>,
@@ -73,11 +74,21 @@ impl Vsock {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
             listener,
+            connector: Arc::new(UdsConnector {
+                uds_path: uds_path.to_path_buf(),
+            }),
             avail_features: VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
             acked_features: 0,
             metrics: Arc::new(VsockMetrics::default()),
             threads: DeviceThreads::default(),
         })
+    }
+
+    /// Reach host ports through `connector` instead of `PATH_<port>`
+    /// (the nested rig's relay).
+    pub fn with_connector(mut self, connector: Arc<dyn HostConnector>) -> Self {
+        self.connector = connector;
+        self
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -162,8 +173,13 @@ impl VirtioDevice for Vsock {
         self.threads.join_all();
         let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
         let metrics = self.metrics.clone();
-        let muxer = Muxer::new(self.guest_cid, &self.uds_path, listener, metrics.clone())
-            .map_err(ActivateError::Worker)?;
+        let muxer = Muxer::new(
+            self.guest_cid,
+            listener,
+            self.connector.clone(),
+            metrics.clone(),
+        )
+        .map_err(ActivateError::Worker)?;
         let mut rings = rings.into_iter();
         let (Some(rx), Some(tx)) = (rings.next(), rings.next()) else {
             return Err(ActivateError::QueueCount { got: 0, need: 3 });

@@ -10,6 +10,8 @@
 //! - `muxer.rs`: every connection and host socket, Firecracker's CONNECT /
 //!   OK handshake and `PATH_<port>` convention.
 //! - `worker.rs`: the device thread serving the queues and host sockets.
+//! - `relay.rs`: vsock's host side carried over one byte stream (the
+//!   nested rig's virtio-serial port), both ends.
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
 
@@ -19,6 +21,7 @@ mod metrics;
 mod muxer;
 pub mod packet;
 mod persist;
+pub mod relay;
 mod worker;
 
 #[cfg(test)]
@@ -26,6 +29,6 @@ mod tests;
 
 pub use device::{Error, Vsock, MIN_GUEST_CID, QUEUE_SIZE};
 pub use metrics::VsockMetrics;
-pub use muxer::Muxer;
+pub use muxer::{HostConnector, Muxer, UdsConnector};
 pub use persist::VsockState;
 pub use worker::Worker;

@@ -52,9 +52,30 @@ const TOKEN_LISTENER: u64 = u64::MAX;
 /// A connection: (host port, guest port).
 type Key = (u32, u32);
 
+/// How a guest connection to host port P reaches a host program.
+pub trait HostConnector: Send + Sync {
+    /// A connected stream to port `port`'s listener; an error refuses the
+    /// guest's connection (RST). Must not block for long: the device
+    /// thread waits for it.
+    fn connect(&self, port: u32) -> io::Result<UnixStream>;
+}
+
+/// Firecracker's convention: port P is the Unix socket `<uds_path>_P`.
+pub struct UdsConnector {
+    pub uds_path: PathBuf,
+}
+
+impl HostConnector for UdsConnector {
+    fn connect(&self, port: u32) -> io::Result<UnixStream> {
+        let path = format!("{}_{}", self.uds_path.display(), port);
+        let stream = connect_nonblocking(Path::new(&path))?;
+        Ok(stream)
+    }
+}
+
 pub struct Muxer {
     guest_cid: u64,
-    uds_path: PathBuf,
+    connector: Arc<dyn HostConnector>,
     listener: UnixListener,
     epoll: Epoll,
     conns: HashMap<Key, Connection>,
@@ -73,10 +94,12 @@ pub struct Muxer {
 }
 
 impl Muxer {
+    /// Host programs connect on `listener`; guest connections go through
+    /// `connector`.
     pub fn new(
         guest_cid: u64,
-        uds_path: &Path,
         listener: UnixListener,
+        connector: Arc<dyn HostConnector>,
         metrics: Arc<VsockMetrics>,
     ) -> io::Result<Muxer> {
         listener.set_nonblocking(true)?;
@@ -88,7 +111,7 @@ impl Muxer {
         )?;
         Ok(Muxer {
             guest_cid,
-            uds_path: uds_path.to_path_buf(),
+            connector,
             listener,
             epoll,
             conns: HashMap::new(),
@@ -383,15 +406,18 @@ impl Muxer {
         }
     }
 
-    /// The guest connects to host port `hdr.dst_port`: connect to
-    /// `PATH_<port>` without blocking, answer RESPONSE or RST.
+    /// The guest connects to host port `hdr.dst_port`: connect through the
+    /// connector (`PATH_<port>`, without blocking), answer RESPONSE or RST.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
             self.reset_reply(hdr);
             return;
         }
-        let path = format!("{}_{}", self.uds_path.display(), hdr.dst_port);
-        let stream = match connect_nonblocking(Path::new(&path)) {
+        let stream = match self
+            .connector
+            .connect(hdr.dst_port)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        {
             Ok(s) => s,
             Err(_) => {
                 VsockMetrics::add(&self.metrics.refused, 1);

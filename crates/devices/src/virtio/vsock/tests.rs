@@ -62,7 +62,10 @@ impl<'a> Guest<'a> {
         let tx = Driver::at(mem, 0x8000, 256, 0x28_0000);
         let listener = UnixListener::bind(dir.sock()).unwrap();
         let metrics = Arc::new(VsockMetrics::default());
-        let muxer = Muxer::new(CID, &dir.sock(), listener, metrics.clone()).unwrap();
+        let connector = Arc::new(UdsConnector {
+            uds_path: dir.sock(),
+        });
+        let muxer = Muxer::new(CID, listener, connector, metrics.clone()).unwrap();
         let worker = Worker::new(
             mem.clone(),
             rx.queue(),

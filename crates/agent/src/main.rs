@@ -1,0 +1,232 @@
+//! `vireo-agent`: the program Vireo's tests (and, later, its container
+//! runtime) run inside a guest. Today it speaks vsock, which busybox
+//! cannot: an echo server and a sender that checks the echo, so tests
+//! drive the guest side of virtio-vsock with the guest's own AF_VSOCK
+//! sockets.
+//!
+//! ```text
+//! vireo-agent vsock-echo PORT COUNT    serve COUNT connections on PORT, echoing
+//!                                      each until EOF, then exit
+//! vireo-agent vsock-send CID PORT N    connect to CID:PORT, send N pattern bytes,
+//!                                      read the echo; prints "ok N", "refused",
+//!                                      or what went wrong
+//! ```
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+/// A connected AF_VSOCK stream socket.
+struct Vsock(OwnedFd);
+
+impl Vsock {
+    fn socket() -> io::Result<OwnedFd> {
+        // SAFETY: creating a socket has no memory effects.
+        let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new socket that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+        // SAFETY: sockaddr_vm is plain data; all zeroes is valid.
+        let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        a.svm_cid = cid;
+        a.svm_port = port;
+        a
+    }
+
+    fn connect(cid: u32, port: u32) -> io::Result<Vsock> {
+        let fd = Self::socket()?;
+        let a = Self::addr(cid, port);
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `a` is an initialized sockaddr_vm of `len` bytes.
+        let rc =
+            unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Vsock(fd))
+    }
+
+    fn listen(port: u32) -> io::Result<OwnedFd> {
+        let fd = Self::socket()?;
+        let a = Self::addr(libc::VMADDR_CID_ANY, port);
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `a` is an initialized sockaddr_vm of `len` bytes.
+        if unsafe { libc::bind(fd.as_raw_fd(), (&a as *const libc::sockaddr_vm).cast(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: listen on a socket we own.
+        if unsafe { libc::listen(fd.as_raw_fd(), 64) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+
+    fn accept(listener: &OwnedFd) -> io::Result<Vsock> {
+        // SAFETY: accept without an address buffer.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new socket that nothing else owns.
+        Ok(Vsock(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn shutdown_write(&self) {
+        // SAFETY: shutdown on a socket we own.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+    }
+
+    fn try_clone(&self) -> io::Result<Vsock> {
+        Ok(Vsock(self.0.try_clone()?))
+    }
+}
+
+impl Read for Vsock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Write for Vsock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Byte `i` of the test pattern (not periodic in powers of two).
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(7) % 251) as u8
+}
+
+fn echo(port: u32, count: usize) -> io::Result<()> {
+    let listener = Vsock::listen(port)?;
+    println!("vsock-echo: listening on {port}");
+    let mut threads = Vec::new();
+    for _ in 0..count {
+        let mut conn = Vsock::accept(&listener)?;
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                }
+            }
+            conn.shutdown_write();
+            total
+        }));
+    }
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    println!("vsock-echo: served {count} connections, {total} bytes");
+    Ok(())
+}
+
+fn send(cid: u32, port: u32, n: u64) -> String {
+    let mut conn = match Vsock::connect(cid, port) {
+        Ok(c) => c,
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return "refused".into(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return "refused".into(),
+        Err(e) => return format!("connect: {e}"),
+    };
+    let Ok(mut tx) = conn.try_clone() else {
+        return "cannot clone the socket".into();
+    };
+    let writer = std::thread::spawn(move || -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < n {
+            let k = (n - sent).min(buf.len() as u64) as usize;
+            for (j, b) in buf[..k].iter_mut().enumerate() {
+                *b = pattern(sent + j as u64);
+            }
+            tx.write_all(&buf[..k])?;
+            sent += k as u64;
+        }
+        tx.shutdown_write();
+        Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                if let Some(j) = (0..k).find(|&j| buf[j] != pattern(got + j as u64)) {
+                    return format!("mismatch at byte {}", got + j as u64);
+                }
+                got += k as u64;
+            }
+            Err(e) => return format!("read: {e}"),
+        }
+    }
+    match writer.join() {
+        Ok(Ok(())) if got == n => format!("ok {n}"),
+        Ok(Ok(())) => format!("short echo: {got} of {n} bytes"),
+        Ok(Err(e)) => format!("write: {e}"),
+        Err(_) => "writer panicked".into(),
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: vireo-agent vsock-echo PORT COUNT | vsock-send CID PORT BYTES");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
+    match args.first().map(String::as_str) {
+        Some("vsock-echo") => {
+            let (Some(port), Some(count)) = (num(1), num(2)) else {
+                return usage();
+            };
+            match echo(port as u32, count as usize) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vsock-echo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("vsock-send") => {
+            let (Some(cid), Some(port), Some(n)) = (num(1), num(2), num(3)) else {
+                return usage();
+            };
+            println!("vsock-send {port}: {}", send(cid as u32, port as u32, n));
+            ExitCode::SUCCESS
+        }
+        _ => usage(),
+    }
+}
