@@ -35,6 +35,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub use virtio_queue::Queue;
 
 pub mod device_thread;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_rings;
 pub mod pause;
 pub mod served_queue;
 pub mod transport;

@@ -63,60 +63,24 @@ mod oracle;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
-
 use super::disk::Disk;
 use super::engine::{Engine, EngineKind};
 use super::metrics::BlockMetrics;
 use super::worker::{Worker, WorkerQueue};
-use crate::virtio::{GuestMemory, Interrupt};
-use oracle::{Plan, QueueSpec};
+use crate::virtio::GuestMemory;
+use oracle::Plan;
+
+pub use crate::virtio::fuzz_rings::{
+    self, avail_ring, desc_table, flat_index, used_ring, QueueSpec, DATA_AREA, FOLD, MEM_LEN,
+    REGIONS,
+};
 
 pub use oracle::Checked;
 
-/// Guest memory regions: (start, size). Regions 0 and 1 are adjacent.
-pub const REGIONS: [(u64, usize); 3] = [(0, 0x1_0000), (0x1_0000, 0x1_0000), (0x3_0000, 0x1_0000)];
-/// Total bytes of guest memory.
-pub const MEM_LEN: usize = REGIONS[0].1 + REGIONS[1].1 + REGIONS[2].1;
 /// Most queues an input sets up.
 pub const MAX_QUEUES: usize = 4;
-/// Where the data area starts (it runs to the end of region 1, then goes
-/// on in region 2).
-pub const DATA_AREA: u64 = 0x9000;
-/// Folded descriptor addresses fall in [0, FOLD): all regions, the hole
-/// and a little past the end.
-pub const FOLD: u64 = 0x4_1000;
 /// Size of the disk image the harness serves.
 pub const IMAGE_LEN: u64 = 64 * 1024;
-
-/// Queue `q`'s descriptor table (room for 256 descriptors).
-pub const fn desc_table(q: usize) -> u64 {
-    q as u64 * 0x1000
-}
-
-/// Queue `q`'s avail ring (room for 256 entries).
-pub const fn avail_ring(q: usize) -> u64 {
-    0x4000 + q as u64 * 0x400
-}
-
-/// Queue `q`'s used ring (room for 256 entries).
-pub const fn used_ring(q: usize) -> u64 {
-    0x5000 + q as u64 * 0x1000
-}
-
-/// Index of guest address `addr` in a flat copy of guest memory (regions in
-/// order, holes left out).
-pub fn flat_index(addr: u64) -> Option<usize> {
-    let mut base = 0usize;
-    for (start, size) in REGIONS {
-        if addr >= start && addr - start < size as u64 {
-            return Some(base + (addr - start) as usize);
-        }
-        base += size;
-    }
-    None
-}
 
 /// The first input byte for the given configuration.
 pub fn config_byte(
@@ -137,17 +101,6 @@ pub fn config_byte(
         | u8::from(event_idx) << 4
         | u8::from(fold) << 5
         | ((queues.clamp(1, MAX_QUEUES) - 1) as u8) << 6
-}
-
-struct NoInterrupt;
-
-impl Interrupt for NoInterrupt {
-    fn signal_queue(&self, _queue_index: u16) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn signal_config(&self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What one input did.
@@ -182,11 +135,7 @@ pub struct Harness {
 impl Harness {
     /// Create two images (read-only and read-write).
     pub fn new() -> Harness {
-        let ranges: Vec<_> = REGIONS
-            .iter()
-            .map(|&(start, size)| (GuestAddress(start), size))
-            .collect();
-        let mem = GuestMemory::from_ranges(&ranges).expect("guest memory");
+        let mem = fuzz_rings::memory();
         let original: Vec<u8> = (0..IMAGE_LEN).map(|i| (i / 512) as u8 ^ 0xa5).collect();
         let tag = format!(
             "{}-{:?}",
@@ -222,17 +171,8 @@ impl Harness {
         &self.mem
     }
 
-    /// A flat copy of guest memory (see `flat_index`).
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = vec![0u8; MEM_LEN];
-        let mut base = 0;
-        for (start, size) in REGIONS {
-            self.mem
-                .read_slice(&mut out[base..base + size], GuestAddress(start))
-                .expect("region readable");
-            base += size;
-        }
-        out
+        fuzz_rings::snapshot(&self.mem)
     }
 
     /// Serve one input and check it (see the module comment); panics on a
@@ -242,9 +182,6 @@ impl Harness {
             return RunStats::default();
         };
         let queues = usize::from(config >> 6) + 1;
-        if rest.len() < 3 * queues {
-            return RunStats::default();
-        }
         let engine_kind = match config & 3 {
             1 => EngineKind::Pool,
             2 => EngineKind::IoUring,
@@ -254,57 +191,9 @@ impl Harness {
         let readonly = config & 8 != 0;
         let event_idx = config & 16 != 0;
         let fold = config & 32 != 0;
-        let specs: Vec<QueueSpec> = rest[..3 * queues]
-            .chunks_exact(3)
-            .enumerate()
-            .map(|(q, b)| QueueSpec {
-                desc_table: desc_table(q),
-                avail_ring: avail_ring(q),
-                used_ring: used_ring(q),
-                size: 1 << (b[0] % 9),
-                next_avail: u16::from_le_bytes([b[1], b[2]]),
-            })
-            .collect();
-
-        // Fresh memory: zero, then the input's sections.
-        let zeros = vec![0u8; REGIONS[0].1];
-        for (start, len) in REGIONS {
-            self.mem
-                .write_slice(&zeros[..len], GuestAddress(start))
-                .expect("region writable");
-        }
-        let mut rest = &rest[3 * queues..];
-        let mut section = |addr: u64, len: usize| {
-            let n = rest.len().min(len);
-            self.mem
-                .write_slice(&rest[..n], GuestAddress(addr))
-                .expect("section in memory");
-            rest = &rest[n..];
+        let Some(specs) = fuzz_rings::load(&self.mem, rest, queues, fold) else {
+            return RunStats::default();
         };
-        for q in &specs {
-            section(q.desc_table, 16 * usize::from(q.size));
-            section(q.avail_ring, 6 + 2 * usize::from(q.size));
-        }
-        section(
-            DATA_AREA,
-            (REGIONS[1].0 + REGIONS[1].1 as u64 - DATA_AREA) as usize,
-        );
-        section(REGIONS[2].0, REGIONS[2].1);
-        for q in &specs {
-            if fold {
-                for i in 0..u64::from(q.size) {
-                    let at = GuestAddress(q.desc_table + 16 * i);
-                    let addr: u64 = self.mem.read_obj(at).expect("table in memory");
-                    self.mem
-                        .write_obj(addr % FOLD, at)
-                        .expect("table in memory");
-                }
-            }
-            // The used index starts where the queue's next_used does.
-            self.mem
-                .write_obj(q.next_avail, GuestAddress(q.used_ring + 2))
-                .expect("used ring in memory");
-        }
 
         let disk = if readonly { &self.ro } else { &self.rw };
         let plan = Plan::new(&self.mem, &specs, disk.capacity_sectors(), readonly);
@@ -313,21 +202,10 @@ impl Harness {
         let worker_queues = specs
             .iter()
             .enumerate()
-            .map(|(i, q)| {
-                let mut queue = Queue::new(256).expect("queue");
-                queue.set_size(q.size);
-                queue.set_desc_table_address(Some(q.desc_table as u32), Some(0));
-                queue.set_avail_ring_address(Some(q.avail_ring as u32), Some(0));
-                queue.set_used_ring_address(Some(q.used_ring as u32), Some(0));
-                queue.set_next_avail(q.next_avail);
-                queue.set_next_used(q.next_avail);
-                queue.set_event_idx(event_idx);
-                queue.set_ready(true);
-                WorkerQueue {
-                    index: i as u16,
-                    queue,
-                    kick: None,
-                }
+            .map(|(i, q)| WorkerQueue {
+                index: i as u16,
+                queue: q.queue(event_idx),
+                kick: None,
             })
             .collect();
         let depth: u32 = specs.iter().map(|q| u32::from(q.size)).sum();
@@ -338,7 +216,7 @@ impl Harness {
             self.mem.clone(),
             disk.clone(),
             worker_queues,
-            Arc::new(NoInterrupt),
+            Arc::new(fuzz_rings::NoInterrupt),
             engine,
             metrics.clone(),
             write_through,
@@ -363,16 +241,7 @@ impl Harness {
             engine: Some(engine_used),
             write_through,
             queues,
-            used: specs
-                .iter()
-                .map(|q| {
-                    let idx: u16 = self
-                        .mem
-                        .read_obj(GuestAddress(q.used_ring + 2))
-                        .expect("used ring in memory");
-                    u32::from(idx.wrapping_sub(q.next_avail))
-                })
-                .sum(),
+            used: specs.iter().map(|q| u32::from(q.used(&self.mem))).sum(),
             served: get(&m.reads) + get(&m.flushes) + get(&m.get_ids),
             modifying: get(&m.writes) + get(&m.discards) + get(&m.write_zeroes),
             clean: plan.clean,

@@ -14,6 +14,8 @@
 //!   nested rig's virtio-serial port), both ends.
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
+//! - `fuzzing.rs` (tests and the `fuzzing` feature): the harness the
+//!   cargo-fuzz target `virtio_vsock` and the fuzz-lite test share.
 
 mod connection;
 mod device;
@@ -24,6 +26,8 @@ mod persist;
 pub mod relay;
 mod worker;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 

@@ -385,3 +385,42 @@ fn the_device_checks_its_cid_and_socket_path() {
         "the socket is removed with the device"
     );
 }
+
+/// Fuzz-lite: the seed (a REQUEST the host accepts, with and without a
+/// host program connecting first) and random mutations of it, plus random
+/// inputs, through the fuzzing harness's checks.
+#[test]
+fn fuzz_lite_packets_never_break_the_device() {
+    use super::fuzzing::{seed_request, Harness};
+    let h = Harness::new();
+    let seed = seed_request(4);
+    let s = h.run(&seed);
+    assert_eq!((s.tx_used, s.rx_used), (1, 1), "{s:?}");
+    assert_eq!(s.connections, 1);
+    let mut host_first = seed.clone();
+    host_first[0] |= 4;
+    let s = h.run(&host_first);
+    assert!(s.rx_used >= 2, "{s:?}");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..400 {
+        let mut input = if round % 2 == 0 {
+            seed.clone()
+        } else {
+            (0..(rnd() % 2000) as usize).map(|_| rnd() as u8).collect()
+        };
+        for _ in 0..(rnd() % 16) {
+            if input.is_empty() {
+                break;
+            }
+            let at = (rnd() as usize) % input.len();
+            input[at] = rnd() as u8;
+        }
+        h.run(&input);
+    }
+}

@@ -27,24 +27,7 @@ const ID_BYTES: u32 = 20;
 /// can cross (the other regions are separated by holes).
 const BOUNDARY: u64 = REGIONS[1].0;
 
-/// One queue as the harness set it up.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueSpec {
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
-    pub size: u16,
-    pub next_avail: u16,
-}
-
-impl QueueSpec {
-    fn avail_len(&self) -> u64 {
-        6 + 2 * u64::from(self.size)
-    }
-    fn used_len(&self) -> u64 {
-        6 + 8 * u64::from(self.size)
-    }
-}
+pub use crate::virtio::fuzz_rings::QueueSpec;
 
 #[derive(Clone, Copy, Debug)]
 struct Desc {

@@ -1,0 +1,198 @@
+//! The guest memory and queue layout every virtio fuzz harness shares
+//! (block, vsock): arbitrary input bytes become descriptor tables, avail
+//! rings and a data area in a small guest memory, queues are built on
+//! them, and used rings are read back.
+//!
+//! Layout: three 64 KiB regions; region 1 starts exactly where region 0
+//! ends (a buffer may cross from one into the other), region 2 comes after
+//! a 64 KiB hole. Queue q's descriptor table is at `desc_table(q)`, its
+//! avail ring at `avail_ring(q)`, its used ring at `used_ring(q)`, all in
+//! region 0. Input after the per-queue bytes: per queue 16 * size bytes of
+//! descriptor table and 6 + 2 * size bytes of avail ring; the rest is the
+//! data area, from `DATA_AREA` to the end of region 1 and then region 2.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{GuestMemory, Interrupt};
+
+/// Guest memory regions: (start, size). Regions 0 and 1 are adjacent.
+pub const REGIONS: [(u64, usize); 3] = [(0, 0x1_0000), (0x1_0000, 0x1_0000), (0x3_0000, 0x1_0000)];
+/// Total bytes of guest memory.
+pub const MEM_LEN: usize = REGIONS[0].1 + REGIONS[1].1 + REGIONS[2].1;
+/// Most queues an input sets up.
+pub const MAX_QUEUES: usize = 4;
+/// Where the data area starts (it runs to the end of region 1, then goes
+/// on in region 2).
+pub const DATA_AREA: u64 = 0x9000;
+/// Folded descriptor addresses fall in [0, FOLD): all regions, the hole
+/// and a little past the end.
+pub const FOLD: u64 = 0x4_1000;
+/// Queue `q`'s descriptor table (room for 256 descriptors).
+pub const fn desc_table(q: usize) -> u64 {
+    q as u64 * 0x1000
+}
+
+/// Queue `q`'s avail ring (room for 256 entries).
+pub const fn avail_ring(q: usize) -> u64 {
+    0x4000 + q as u64 * 0x400
+}
+
+/// Queue `q`'s used ring (room for 256 entries).
+pub const fn used_ring(q: usize) -> u64 {
+    0x5000 + q as u64 * 0x1000
+}
+
+/// Index of guest address `addr` in a flat copy of guest memory (regions in
+/// order, holes left out).
+pub fn flat_index(addr: u64) -> Option<usize> {
+    let mut base = 0usize;
+    for (start, size) in REGIONS {
+        if addr >= start && addr - start < size as u64 {
+            return Some(base + (addr - start) as usize);
+        }
+        base += size;
+    }
+    None
+}
+
+/// One queue an input sets up.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueSpec {
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub size: u16,
+    pub next_avail: u16,
+}
+
+impl QueueSpec {
+    pub fn avail_len(&self) -> u64 {
+        6 + 2 * u64::from(self.size)
+    }
+    pub fn used_len(&self) -> u64 {
+        6 + 8 * u64::from(self.size)
+    }
+
+    /// Chains the device put on this queue's used ring.
+    pub fn used(&self, mem: &GuestMemory) -> u16 {
+        let idx: u16 = mem
+            .read_obj(GuestAddress(self.used_ring + 2))
+            .expect("used ring in memory");
+        idx.wrapping_sub(self.next_avail)
+    }
+
+    /// (head, len) of the `i`th entry this run added to the used ring.
+    pub fn used_entry(&self, mem: &GuestMemory, i: u16) -> (u32, u32) {
+        let slot = u64::from(self.next_avail.wrapping_add(i) % self.size);
+        let at = self.used_ring + 4 + 8 * slot;
+        let id: u32 = mem.read_obj(GuestAddress(at)).expect("used ring in memory");
+        let len: u32 = mem
+            .read_obj(GuestAddress(at + 4))
+            .expect("used ring in memory");
+        (id, len)
+    }
+
+    /// A ready queue on this layout.
+    pub fn queue(&self, event_idx: bool) -> Queue {
+        let mut queue = Queue::new(256).expect("queue");
+        queue.set_size(self.size);
+        queue.set_desc_table_address(Some(self.desc_table as u32), Some(0));
+        queue.set_avail_ring_address(Some(self.avail_ring as u32), Some(0));
+        queue.set_used_ring_address(Some(self.used_ring as u32), Some(0));
+        queue.set_next_avail(self.next_avail);
+        queue.set_next_used(self.next_avail);
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
+        queue
+    }
+}
+
+/// The harness's guest memory.
+pub fn memory() -> GuestMemory {
+    let ranges: Vec<_> = REGIONS
+        .iter()
+        .map(|&(start, size)| (GuestAddress(start), size))
+        .collect();
+    GuestMemory::from_ranges(&ranges).expect("guest memory")
+}
+
+/// Lay `input` out in `mem` for `queues` queues: three bytes per queue
+/// (size 1 << (b % 9), next_avail LE), then the sections (module comment).
+/// `fold` folds descriptor addresses into [0, FOLD) so short inputs reach
+/// memory. None when the input is too short for the queue bytes.
+pub fn load(mem: &GuestMemory, input: &[u8], queues: usize, fold: bool) -> Option<Vec<QueueSpec>> {
+    if input.len() < 3 * queues {
+        return None;
+    }
+    let specs: Vec<QueueSpec> = input[..3 * queues]
+        .chunks_exact(3)
+        .enumerate()
+        .map(|(q, b)| QueueSpec {
+            desc_table: desc_table(q),
+            avail_ring: avail_ring(q),
+            used_ring: used_ring(q),
+            size: 1 << (b[0] % 9),
+            next_avail: u16::from_le_bytes([b[1], b[2]]),
+        })
+        .collect();
+    // Fresh memory: zero, then the input's sections.
+    let zeros = vec![0u8; REGIONS[0].1];
+    for (start, len) in REGIONS {
+        mem.write_slice(&zeros[..len], GuestAddress(start))
+            .expect("region writable");
+    }
+    let mut rest = &input[3 * queues..];
+    let mut section = |addr: u64, len: usize| {
+        let n = rest.len().min(len);
+        mem.write_slice(&rest[..n], GuestAddress(addr))
+            .expect("section in memory");
+        rest = &rest[n..];
+    };
+    for q in &specs {
+        section(q.desc_table, 16 * usize::from(q.size));
+        section(q.avail_ring, q.avail_len() as usize);
+    }
+    section(
+        DATA_AREA,
+        (REGIONS[1].0 + REGIONS[1].1 as u64 - DATA_AREA) as usize,
+    );
+    section(REGIONS[2].0, REGIONS[2].1);
+    for q in &specs {
+        if fold {
+            for i in 0..u64::from(q.size) {
+                let at = GuestAddress(q.desc_table + 16 * i);
+                let addr: u64 = mem.read_obj(at).expect("table in memory");
+                mem.write_obj(addr % FOLD, at).expect("table in memory");
+            }
+        }
+        // The used index starts where the queue's next_used does.
+        mem.write_obj(q.next_avail, GuestAddress(q.used_ring + 2))
+            .expect("used ring in memory");
+    }
+    Some(specs)
+}
+
+/// A flat copy of guest memory (see `flat_index`).
+pub fn snapshot(mem: &GuestMemory) -> Vec<u8> {
+    let mut out = vec![0u8; MEM_LEN];
+    let mut base = 0;
+    for (start, size) in REGIONS {
+        mem.read_slice(&mut out[base..base + size], GuestAddress(start))
+            .expect("region readable");
+        base += size;
+    }
+    out
+}
+
+/// An `Interrupt` that does nothing.
+pub struct NoInterrupt;
+
+impl Interrupt for NoInterrupt {
+    fn signal_queue(&self, _queue_index: u16) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn signal_config(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
