@@ -170,11 +170,18 @@ impl Harness {
             mark(q.used_ring, q.used_len());
         }
         let rx = specs[0];
+        // A descriptor past the end of the address space reads as empty
+        // (the device cannot use it either).
         let desc = |table: u64, i: u64| -> (u64, u32, u16) {
-            let at = GuestAddress(table + 16 * i);
-            let addr: u64 = self.mem.read_obj(at).unwrap_or(0);
-            let len: u32 = self.mem.read_obj(GuestAddress(at.0 + 8)).unwrap_or(0);
-            let flags: u16 = self.mem.read_obj(GuestAddress(at.0 + 12)).unwrap_or(0);
+            let Some(at) = table
+                .checked_add(16 * i)
+                .filter(|a| a.checked_add(16).is_some())
+            else {
+                return (0, 0, 0);
+            };
+            let addr: u64 = self.mem.read_obj(GuestAddress(at)).unwrap_or(0);
+            let len: u32 = self.mem.read_obj(GuestAddress(at + 8)).unwrap_or(0);
+            let flags: u16 = self.mem.read_obj(GuestAddress(at + 12)).unwrap_or(0);
             (addr, len, flags)
         };
         let mut seen = std::collections::HashSet::new();
