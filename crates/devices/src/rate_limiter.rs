@@ -103,7 +103,7 @@ impl TokenBucket {
         Some(TokenBucket {
             size: config.size,
             refill_ns,
-            budget: u128::from(config.size) * refill_ns,
+            budget: u128::from(config.size).saturating_mul(refill_ns),
             debt: 0,
             burst: config.one_time_burst,
             last: now,
@@ -118,7 +118,7 @@ impl TokenBucket {
         let paid = gained.min(self.debt);
         self.debt -= paid;
         gained -= paid;
-        let full = u128::from(self.size) * self.refill_ns;
+        let full = u128::from(self.size).saturating_mul(self.refill_ns);
         self.budget = self.budget.saturating_add(gained).min(full);
     }
 
@@ -127,7 +127,7 @@ impl TokenBucket {
         self.refill(now);
         let from_burst = tokens.min(self.burst);
         // A request bigger than the bucket needs a full bucket.
-        let need = u128::from((tokens - from_burst).min(self.size)) * self.refill_ns;
+        let need = u128::from((tokens - from_burst).min(self.size)).saturating_mul(self.refill_ns);
         let short = (need + self.debt).saturating_sub(self.budget);
         if short == 0 {
             return Duration::ZERO;
@@ -140,7 +140,7 @@ impl TokenBucket {
     fn take(&mut self, tokens: u64) {
         let from_burst = tokens.min(self.burst);
         self.burst -= from_burst;
-        let rest = u128::from(tokens - from_burst) * self.refill_ns;
+        let rest = u128::from(tokens - from_burst).saturating_mul(self.refill_ns);
         let from_budget = rest.min(self.budget);
         self.budget -= from_budget;
         self.debt += rest - from_budget;

@@ -205,6 +205,12 @@ impl Connection {
         if self.to_host.is_empty() && self.peer_shutdown & SHUTDOWN_SEND != 0 {
             self.shut_host_write();
         }
+        // The guest closed and the last of its data is out: finish with RST.
+        if self.peer_done() && self.state != State::Closing {
+            self.owed = Owed::default();
+            self.owed.rst = true;
+            self.state = State::Closing;
+        }
         Ok(())
     }
 

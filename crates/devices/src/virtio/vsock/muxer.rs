@@ -48,6 +48,8 @@ const MAX_PENDING: usize = 64;
 /// Longest CONNECT line accepted ("CONNECT 4294967295\n" is 19 bytes).
 const MAX_CONNECT_LINE: usize = 32;
 const TOKEN_LISTENER: u64 = u64::MAX;
+/// Most RSTs for unknown connections waiting for RX buffers.
+const MAX_CTRL: usize = 512;
 
 /// A connection: (host port, guest port).
 type Key = (u32, u32);
@@ -80,7 +82,9 @@ pub struct Muxer {
     epoll: Epoll,
     conns: HashMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
-    local_ports: HashSet<u32>,
+    /// The listener is out of the epoll set after an accept failure
+    /// (out of fds): back in when a connection goes.
+    listener_paused: bool,
     /// Host sockets that have not finished their CONNECT line.
     pending: HashMap<RawFd, UnixStream>,
     /// Connections that may have a packet for the guest, in turn.
@@ -116,7 +120,7 @@ impl Muxer {
             epoll,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
-            local_ports: HashSet::new(),
+            listener_paused: false,
             pending: HashMap::new(),
             ready: VecDeque::new(),
             queued: HashSet::new(),
@@ -134,6 +138,13 @@ impl Muxer {
 
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether TX must wait: the RSTs owed to the guest fill their queue
+    /// (a guest that sends bad packets and posts no RX buffers cannot grow
+    /// the VMM's memory; its TX chains stay on the ring until RX drains).
+    pub fn tx_blocked(&self) -> bool {
+        self.ctrl.len() >= MAX_CTRL
     }
 
     /// Whether a packet for the guest may be waiting.
@@ -194,7 +205,17 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // Out of fds or memory: the level-triggered listener
+                    // would wake us forever. Wait for a connection to go.
+                    let fd = self.listener.as_raw_fd();
+                    let _ = self
+                        .epoll
+                        .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                    self.listener_paused = true;
+                    return;
+                }
             };
             if self.pending.len() >= MAX_PENDING || stream.set_nonblocking(true).is_err() {
                 continue;
@@ -278,7 +299,6 @@ impl Muxer {
         if self.epoll.ctl(ControlOperation::Modify, fd, ev).is_err() {
             return;
         }
-        self.local_ports.insert(local);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, c);
         self.mark_ready(key);
@@ -297,7 +317,8 @@ impl Muxer {
         for _ in 0..=MAX_CONNECTIONS {
             let p = self.next_port;
             self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.local_ports.contains(&p) {
+            // Guest connections to high ports use them too.
+            if !self.conns.keys().any(|k| k.0 == p) {
                 return Some(p);
             }
         }
@@ -328,7 +349,11 @@ impl Muxer {
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             self.by_fd.remove(&fd);
-            self.local_ports.remove(&c.local_port);
+        }
+        if self.listener_paused {
+            let ev = EpollEvent::new(EventSet::IN, TOKEN_LISTENER);
+            let fd = self.listener.as_raw_fd();
+            self.listener_paused = self.epoll.ctl(ControlOperation::Add, fd, ev).is_err();
         }
     }
 
@@ -448,7 +473,11 @@ impl Muxer {
             return Some(h);
         }
         let room = room.min(MAX_PAYLOAD) as usize;
-        while let Some(key) = self.ready.pop_front() {
+        // Each connection waiting now is looked at once.
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
             self.queued.remove(&key);
             let guest_cid = self.guest_cid;
             let Some(c) = self.conns.get_mut(&key) else {
@@ -469,6 +498,11 @@ impl Muxer {
                 return Some(hdr);
             }
             if !c.wants_to_send_data() {
+                continue;
+            }
+            if room == 0 {
+                // A header-only buffer: the data waits for a bigger one.
+                self.mark_ready(key);
                 continue;
             }
             let got = match c.read_host(&mut self.buf, room) {

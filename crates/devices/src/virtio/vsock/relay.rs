@@ -182,10 +182,16 @@ impl Tunnel {
                 let stream = lock(&self.conns)
                     .get(&id)
                     .and_then(|c| c.stream.try_clone().ok());
-                if let Some(mut s) = stream {
-                    if s.write_all(payload).is_err() {
+                match stream {
+                    Some(mut s) => {
+                        if s.write_all(payload).is_err() {
+                            let _ = self.send(CLOSE, id, &[]);
+                            self.forget(id);
+                        }
+                    }
+                    // Nobody here: tell the other end to stop.
+                    None => {
                         let _ = self.send(CLOSE, id, &[]);
-                        self.forget(id);
                     }
                 }
             }
@@ -332,6 +338,8 @@ impl HostConnector for InnerEnd {
         let ok = asked.is_ok() && rx.recv_timeout(ACK_TIMEOUT).unwrap_or(false);
         lock(&t.acks).remove(&id);
         if !ok {
+            // A late ACK must not leave the host side connected.
+            let _ = t.send(CLOSE, id, &[]);
             t.forget(id);
             return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
         }

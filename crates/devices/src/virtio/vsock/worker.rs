@@ -75,6 +75,10 @@ impl Worker {
             if holding() || budget == 0 {
                 return true;
             }
+            if self.muxer.tx_blocked() {
+                // Served again after RX drains the owed RSTs.
+                return false;
+            }
             let Some(chain) = self.tx.pop(&self.mem) else {
                 return false;
             };
