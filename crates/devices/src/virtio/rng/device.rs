@@ -91,8 +91,8 @@ impl VirtioDevice for Rng {
     }
 
     /// virtio-rng has no config space: every byte reads as 0.
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::virtio::read_config_bytes(&[], offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

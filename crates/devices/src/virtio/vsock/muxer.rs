@@ -534,12 +534,6 @@ impl Muxer {
     pub fn payload(&self, len: u32) -> &[u8] {
         &self.buf[..(len as usize).min(self.buf.len())]
     }
-
-    /// Connections whose host socket was closed by the guest's RST or ours
-    /// are gone; this says whether `key` still exists (for tests).
-    pub fn has_connection(&self, local_port: u32, peer_port: u32) -> bool {
-        self.conns.contains_key(&(local_port, peer_port))
-    }
 }
 
 fn conn_events() -> EventSet {
