@@ -42,6 +42,8 @@ pub mod served_queue;
 pub mod transport;
 
 pub mod block;
+pub mod chain;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 

@@ -13,10 +13,9 @@
 
 use std::ops::Deref;
 
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
-
+use crate::virtio::chain::{gather, scatter, segments, split_at, total_len, ChainError, Segments};
 use crate::virtio::GuestMemory;
+use virtio_queue::DescriptorChain;
 
 /// Size of `struct virtio_vsock_hdr`.
 pub const HDR_LEN: usize = 44;
@@ -111,26 +110,17 @@ impl Header {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PacketError {
-    #[error("descriptor {0} is device-writable in a TX chain")]
-    Writable(usize),
-    #[error("descriptor {index} ({addr:#x}, {len} bytes) is outside guest memory")]
-    OutOfRange { index: usize, addr: u64, len: u32 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("the chain holds {0} bytes, less than a {HDR_LEN}-byte header")]
     ShortHeader(usize),
     #[error("header len {len} but the chain carries {carried} payload bytes")]
     LenMismatch { len: u32, carried: u64 },
     #[error("payload of {0} bytes is over the {MAX_PAYLOAD}-byte limit")]
     TooBig(u32),
-    #[error("descriptor {0} is device-readable in an RX chain")]
-    Readable(usize),
     #[error("the RX buffer has {0} bytes, less than a header")]
     ShortBuffer(u64),
-    #[error("guest memory access failed")]
-    Memory,
 }
-
-/// Buffers in guest memory: (address, length) pieces in order.
-pub type Segments = Vec<(GuestAddress, u32)>;
 
 /// A packet the guest sent: its header and where its payload is.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -138,97 +128,6 @@ pub struct TxPacket {
     pub hdr: Header,
     /// Payload pieces in guest memory, `hdr.len` bytes in total.
     pub payload: Segments,
-}
-
-/// Walk a chain's descriptors: (address, length) of each, checked to be
-/// inside guest memory and of the wanted direction.
-fn segments<M>(
-    chain: DescriptorChain<M>,
-    mem: &GuestMemory,
-    writable: bool,
-) -> Result<Segments, PacketError>
-where
-    M: Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let mut segs = Vec::new();
-    for (index, desc) in chain.enumerate() {
-        if desc.is_write_only() != writable {
-            return Err(if writable {
-                PacketError::Readable(index)
-            } else {
-                PacketError::Writable(index)
-            });
-        }
-        if desc.len() == 0 {
-            continue;
-        }
-        if !mem.check_range(desc.addr(), desc.len() as usize) {
-            return Err(PacketError::OutOfRange {
-                index,
-                addr: desc.addr().0,
-                len: desc.len(),
-            });
-        }
-        segs.push((desc.addr(), desc.len()));
-    }
-    Ok(segs)
-}
-
-/// Split `segs` at byte `at`: (the first `at` bytes, the rest).
-fn split_at(segs: &[(GuestAddress, u32)], at: usize) -> (Segments, Segments) {
-    let (mut head, mut tail) = (Vec::new(), Vec::new());
-    let mut left = at as u64;
-    for &(addr, len) in segs {
-        let take = left.min(u64::from(len));
-        if take > 0 {
-            head.push((addr, take as u32));
-        }
-        if u64::from(len) > take {
-            tail.push((GuestAddress(addr.0 + take), len - take as u32));
-        }
-        left -= take;
-    }
-    (head, tail)
-}
-
-/// Read `segs` (inside guest memory, checked) into `out`, in order.
-pub fn gather(
-    mem: &GuestMemory,
-    segs: &[(GuestAddress, u32)],
-    out: &mut [u8],
-) -> Result<(), PacketError> {
-    let mut at = 0usize;
-    for &(addr, len) in segs {
-        let n = (len as usize).min(out.len() - at);
-        if n == 0 {
-            break;
-        }
-        mem.read_slice(&mut out[at..at + n], addr)
-            .map_err(|_| PacketError::Memory)?;
-        at += n;
-    }
-    Ok(())
-}
-
-/// Write `data` into `segs`, in order, as much as fits; returns the bytes
-/// written.
-pub fn scatter(
-    mem: &GuestMemory,
-    segs: &[(GuestAddress, u32)],
-    data: &[u8],
-) -> Result<usize, PacketError> {
-    let mut at = 0usize;
-    for &(addr, len) in segs {
-        let n = (len as usize).min(data.len() - at);
-        if n == 0 {
-            break;
-        }
-        mem.write_slice(&data[at..at + n], addr)
-            .map_err(|_| PacketError::Memory)?;
-        at += n;
-    }
-    Ok(at)
 }
 
 /// Parse a TX chain: the header from its first 44 bytes (which may span
@@ -239,7 +138,7 @@ where
     M::Target: vm_memory::GuestMemory,
 {
     let segs = segments(chain, mem, false)?;
-    let total: u64 = segs.iter().map(|&(_, l)| u64::from(l)).sum();
+    let total = total_len(&segs);
     if total < HDR_LEN as u64 {
         return Err(PacketError::ShortHeader(total as usize));
     }
@@ -285,7 +184,7 @@ where
     M::Target: vm_memory::GuestMemory,
 {
     let segs = segments(chain, mem, true)?;
-    let total: u64 = segs.iter().map(|&(_, l)| u64::from(l)).sum();
+    let total = total_len(&segs);
     if total < HDR_LEN as u64 {
         return Err(PacketError::ShortBuffer(total));
     }
@@ -331,19 +230,5 @@ mod tests {
         assert_eq!(&b[30..32], &5u16.to_le_bytes());
         assert_eq!(&b[40..44], &77u32.to_le_bytes());
         assert_eq!(Header::from_bytes(&b), h);
-    }
-
-    #[test]
-    fn split_at_cuts_inside_a_segment() {
-        let segs = [(GuestAddress(0x1000), 30), (GuestAddress(0x2000), 30)];
-        let (h, t) = split_at(&segs, 44);
-        assert_eq!(
-            h,
-            vec![(GuestAddress(0x1000), 30), (GuestAddress(0x2000), 14)]
-        );
-        assert_eq!(t, vec![(GuestAddress(0x200e), 16)]);
-        let (h, t) = split_at(&segs, 0);
-        assert!(h.is_empty());
-        assert_eq!(t.len(), 2);
     }
 }

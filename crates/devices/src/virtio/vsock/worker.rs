@@ -88,7 +88,7 @@ impl Worker {
                 Ok(pkt) => {
                     let len = pkt.hdr.len as usize;
                     let data = &mut self.payload[..len];
-                    if packet::gather(&self.mem, &pkt.payload, data).is_ok() {
+                    if crate::virtio::chain::gather(&self.mem, &pkt.payload, data).is_ok() {
                         let data = if pkt.hdr.op == op::RW {
                             &data[..]
                         } else {

@@ -1,0 +1,52 @@
+//! Where a virtio-net device's frames go and come from. Every frame that
+//! crosses this trait starts with the 12-byte virtio-net header
+//! (`frame::VNET_HDR_LEN`), so a tap with IFF_VNET_HDR passes them through
+//! untouched, and a backend without headers (a socketpair, passt's stream
+//! socket) adds or strips one.
+
+use std::io;
+use std::os::unix::io::RawFd;
+
+/// One queue pair's host side; its fd is non-blocking and polled for
+/// readable (a frame waits) and writable (room again after WouldBlock).
+pub trait Backend: Send {
+    /// The fd the worker polls.
+    fn raw_fd(&self) -> RawFd;
+    /// Read one frame into `buf`; `WouldBlock` when none is waiting.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Write one frame; `WouldBlock` when the host side is full.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Offloads the guest accepts (`TUN_F_*`), for backends that can hand
+    /// over unsegmented frames; others ignore it.
+    fn set_offload(&self, _tun_flags: libc::c_uint) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether this queue pair gets frames (multi-queue: the guest chose
+    /// how many pairs it uses).
+    fn set_enabled(&self, _enabled: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// Another handle on the same queue.
+    fn try_clone_box(&self) -> io::Result<Box<dyn Backend>>;
+}
+
+impl Backend for Box<dyn Backend> {
+    fn raw_fd(&self) -> RawFd {
+        (**self).raw_fd()
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).send(frame)
+    }
+    fn set_offload(&self, tun_flags: libc::c_uint) -> io::Result<()> {
+        (**self).set_offload(tun_flags)
+    }
+    fn set_enabled(&self, enabled: bool) -> io::Result<()> {
+        (**self).set_enabled(enabled)
+    }
+    fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {
+        (**self).try_clone_box()
+    }
+}
