@@ -84,6 +84,7 @@ fn drives_reach_l1_and_writes_reach_the_host() {
         }],
         control: None,
         vsock_channel: None,
+        nics: Vec::new(),
     };
     let out = rig::qemu::run_l1(&run);
     let after = std::fs::read(&img).unwrap();

@@ -224,8 +224,13 @@ pub struct Running {
 
 /// Start `vireo ARGS` with no stdin, stdout and stderr piped.
 pub fn spawn(args: &[&str]) -> Running {
+    spawn_with(env!("CARGO_BIN_EXE_vireo"), args)
+}
+
+/// [`spawn`] through another program that runs vireo (`ip netns exec`).
+pub fn spawn_with(program: &str, args: &[&str]) -> Running {
     announce_path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vireo"))
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -13,6 +13,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
@@ -119,17 +120,44 @@ impl Write for Vsock {
     }
 }
 
+/// A connected byte stream the echo server and the sender use.
+trait Stream: Read + Write + Send + Sized + 'static {
+    fn clone_stream(&self) -> io::Result<Self>;
+    fn close_write(&self);
+}
+
+impl Stream for Vsock {
+    fn clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        self.shutdown_write()
+    }
+}
+
+impl Stream for TcpStream {
+    fn clone_stream(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Byte `i` of the test pattern (not periodic in powers of two).
 fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(31).wrapping_add(7) % 251) as u8
 }
 
-fn echo(port: u32, count: usize) -> io::Result<()> {
-    let listener = Vsock::listen(port)?;
-    println!("vsock-echo: listening on {port}");
+/// Serve `count` connections from `accept`, echoing each until EOF.
+fn echo<S: Stream>(
+    what: &str,
+    count: usize,
+    mut accept: impl FnMut() -> io::Result<S>,
+) -> io::Result<()> {
     let mut threads = Vec::new();
     for _ in 0..count {
-        let mut conn = Vsock::accept(&listener)?;
+        let mut conn = accept()?;
         threads.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             let mut total = 0u64;
@@ -144,23 +172,24 @@ fn echo(port: u32, count: usize) -> io::Result<()> {
                     }
                 }
             }
-            conn.shutdown_write();
+            conn.close_write();
             total
         }));
     }
     let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    println!("vsock-echo: served {count} connections, {total} bytes");
+    println!("{what}: served {count} connections, {total} bytes");
     Ok(())
 }
 
-fn send(cid: u32, port: u32, n: u64) -> String {
-    let mut conn = match Vsock::connect(cid, port) {
+/// Connect with `connect`, send `n` pattern bytes and check the echo.
+fn send<S: Stream>(connect: impl FnOnce() -> io::Result<S>, n: u64) -> String {
+    let mut conn = match connect() {
         Ok(c) => c,
         Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return "refused".into(),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return "refused".into(),
         Err(e) => return format!("connect: {e}"),
     };
-    let Ok(mut tx) = conn.try_clone() else {
+    let Ok(mut tx) = conn.clone_stream() else {
         return "cannot clone the socket".into();
     };
     let writer = std::thread::spawn(move || -> io::Result<()> {
@@ -174,7 +203,7 @@ fn send(cid: u32, port: u32, n: u64) -> String {
             tx.write_all(&buf[..k])?;
             sent += k as u64;
         }
-        tx.shutdown_write();
+        tx.close_write();
         Ok(())
     });
     let mut buf = vec![0u8; 64 * 1024];
@@ -200,8 +229,21 @@ fn send(cid: u32, port: u32, n: u64) -> String {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: vireo-agent vsock-echo PORT COUNT | vsock-send CID PORT BYTES");
+    eprintln!(
+        "usage: vireo-agent vsock-echo PORT COUNT | vsock-send CID PORT BYTES\n       \
+         vireo-agent tcp-echo PORT COUNT | tcp-send ADDR:PORT BYTES"
+    );
     ExitCode::from(2)
+}
+
+fn served(what: &str, r: io::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -212,19 +254,35 @@ fn main() -> ExitCode {
             let (Some(port), Some(count)) = (num(1), num(2)) else {
                 return usage();
             };
-            match echo(port as u32, count as usize) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("vsock-echo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let r = Vsock::listen(port as u32).and_then(|l| {
+                println!("vsock-echo: listening on {port}");
+                echo("vsock-echo", count as usize, || Vsock::accept(&l))
+            });
+            served("vsock-echo", r)
+        }
+        Some("tcp-echo") => {
+            let (Some(port), Some(count)) = (num(1), num(2)) else {
+                return usage();
+            };
+            let r = TcpListener::bind(("0.0.0.0", port as u16)).and_then(|l| {
+                println!("tcp-echo: listening on {port}");
+                echo("tcp-echo", count as usize, || l.accept().map(|(s, _)| s))
+            });
+            served("tcp-echo", r)
+        }
+        Some("tcp-send") => {
+            let (Some(addr), Some(n)) = (args.get(1), num(2)) else {
+                return usage();
+            };
+            println!("tcp-send {addr}: {}", send(|| TcpStream::connect(addr), n));
+            ExitCode::SUCCESS
         }
         Some("vsock-send") => {
             let (Some(cid), Some(port), Some(n)) = (num(1), num(2), num(3)) else {
                 return usage();
             };
-            println!("vsock-send {port}: {}", send(cid as u32, port as u32, n));
+            let r = send(|| Vsock::connect(cid as u32, port as u32), n);
+            println!("vsock-send {port}: {r}");
             ExitCode::SUCCESS
         }
         _ => usage(),

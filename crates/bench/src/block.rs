@@ -332,6 +332,7 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
         drives: Vec::new(),
         control: None,
         vsock_channel: None,
+        nics: Vec::new(),
     })?;
     let [v, q] = parse_block_results(&out.stdout, ["vireo", "qemu"])
         .map_err(|e| with_l1_context(e, &out))?;

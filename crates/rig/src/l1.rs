@@ -28,10 +28,18 @@ pub const EXIT_MARKER: &str = "VIREO_RIG_EXIT=";
 const KVM_MODULES: &[&str] = &["kvm_amd"];
 
 /// Modules for the virtio-blk drives that carry the guest's disks into L1,
-/// and for the virtio-serial port that carries vsock's relay.
-const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console"];
+/// the virtio-serial port that carries vsock's relay, and the NICs that
+/// carry the host's taps (bridged in L1 to the inner VM's taps).
+const DISK_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_net",
+    "tun",
+    "bridge",
+];
 
-const RECIPE_VERSION: &str = "rig-l1-recipe-4";
+const RECIPE_VERSION: &str = "rig-l1-recipe-5";
 
 /// The Debian flavour L1 falls back to when the cloud kernel lacks KVM.
 const STANDARD_FLAVOUR: &str = "amd64";

@@ -190,6 +190,7 @@ pub fn run_l1_script(
         drives: Vec::new(),
         control: None,
         vsock_channel: None,
+        nics: Vec::new(),
     })
 }
 

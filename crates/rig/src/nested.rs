@@ -10,7 +10,7 @@ use devices::virtio::vsock::relay;
 
 use vmm::{ConsoleConfig, VmConfig};
 
-use crate::qemu::{l1_disk_path, run_l1, L1Drive, L1Run, Ttys0};
+use crate::qemu::{l1_disk_path, l1_nic_mac, run_l1, L1Drive, L1Nic, L1Run, Ttys0};
 use crate::{add_executable, probe_host_kvm, HostKvm, RigError};
 
 /// L1 paths of what a nested run copies in.
@@ -69,6 +69,7 @@ fn nested(
     let _cleanup = guest::cache::RemoveOnDrop(Some(tmp.clone()));
 
     let (inner, mut files, drives) = l1_config(config)?;
+    let nics = l1_nics(config);
     // vsock: the user's socket is served here, on the host, and relayed to
     // the inner device over a virtio-serial port of L1.
     let _vsock = match &config.vsock {
@@ -88,7 +89,11 @@ fn nested(
         (ConsoleConfig::File(p), _) => Ttys0::File(p.clone()),
     };
     run_l1(&L1Run {
-        script: run_script(interactive, control.map(|(_, id)| id)),
+        script: format!(
+            "{}{}",
+            bridge_script(&nics),
+            run_script(interactive, control.map(|(_, id)| id))
+        ),
         files,
         timeout: None,
         console,
@@ -98,6 +103,7 @@ fn nested(
         drives,
         control: control.map(|(sock, _)| sock.to_path_buf()),
         vsock_channel: _vsock.as_ref().map(|v| v.channel.clone()),
+        nics,
     })
     .map(|o| o.exit_code)
 }
@@ -179,7 +185,59 @@ fn l1_config(config: &VmConfig) -> Result<L1Inputs, RigError> {
         v.uds_path = PathBuf::from(L1_VSOCK);
         v.host_relay = true;
     }
+    // Each NIC's host tap is one of L1's NICs, bridged in L1 with a tap
+    // the inner vireo makes; the guest keeps its MAC, MTU and queues.
+    for (n, net) in inner.nets.iter_mut().enumerate() {
+        net.tap = l1_tap(n);
+        net.l1_bridge = Some(l1_bridge(n));
+    }
     Ok((inner, files, drives))
+}
+
+/// The tap the inner vireo makes for NIC `n`, and the bridge in L1 that
+/// joins it to L1's NIC `n`.
+fn l1_tap(n: usize) -> String {
+    format!("vireo-tap{n}")
+}
+
+fn l1_bridge(n: usize) -> String {
+    format!("vireo-br{n}")
+}
+
+/// L1's NICs: one per guest NIC, on the host tap the user named.
+fn l1_nics(config: &VmConfig) -> Vec<L1Nic> {
+    config
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(n, net)| L1Nic {
+            tap: net.tap.clone(),
+            queues: net.queues,
+            mac: l1_nic_mac(n),
+            mtu: net.mtu,
+        })
+        .collect()
+}
+
+/// Shell lines that make bridge `vireo-brN` in L1 and put L1's NIC N in
+/// it (found by its MAC), before the inner vireo adds its tap.
+fn bridge_script(nics: &[L1Nic]) -> String {
+    let mut s = String::new();
+    for (n, nic) in nics.iter().enumerate() {
+        let mtu = nic
+            .mtu
+            .map(|m| format!(" && ip link set \"$ifc\" mtu {m}"))
+            .unwrap_or_default();
+        let br = l1_bridge(n);
+        s.push_str(&format!(
+            "ifc=; for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && ifc=${{d##*/}}; done\n\
+             [ -n \"$ifc\" ]{mtu} && brctl addbr {br} && brctl addif {br} \"$ifc\" \
+             && ip link set \"$ifc\" up && ip link set {br} up \
+             || echo \"vireo-rig: cannot bridge L1 NIC {n} ({mac})\" >&2\n",
+            mac = nic.mac,
+        ));
+    }
+    s
 }
 
 fn check_disk(path: &Path) -> Result<(), RigError> {
@@ -273,6 +331,25 @@ mod tests {
         c.disks[1].path = dir.clone();
         assert!(l1_config(&c).is_err(), "a directory is not a disk");
         c.disks.clear();
+
+        c.nets = vec![vmm::config::NetConfig::new("hosttap"), {
+            let mut n = vmm::config::NetConfig::new("mq0");
+            n.queues = 2;
+            n.mtu = Some(4000);
+            n
+        }];
+        let (inner, _, _) = l1_config(&c).unwrap();
+        assert_eq!(inner.nets[0].tap, "vireo-tap0");
+        assert_eq!(inner.nets[1].l1_bridge.as_deref(), Some("vireo-br1"));
+        assert_eq!(inner.nets[1].queues, 2);
+        let nics = l1_nics(&c);
+        assert_eq!(nics[1].tap, "mq0");
+        assert_eq!((nics[1].queues, nics[1].mtu), (2, Some(4000)));
+        let script = bridge_script(&nics);
+        assert!(script.contains("brctl addbr vireo-br1"), "{script}");
+        assert!(script.contains("mtu 4000"), "{script}");
+        assert!(script.contains(&l1_nic_mac(0)), "{script}");
+        c.nets.clear();
 
         c.initrd = Some(dir.join("missing"));
         let err = l1_config(&c).unwrap_err().to_string();

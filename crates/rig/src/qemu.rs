@@ -65,6 +65,23 @@ pub struct L1Run {
     /// A Unix socket, listening, that QEMU connects to as L1's
     /// virtio-serial port `vireo.vsock`: the vsock relay's channel.
     pub vsock_channel: Option<PathBuf>,
+    /// Host taps given to L1 as virtio-net NICs (see [`L1Nic`]).
+    pub nics: Vec<L1Nic>,
+}
+
+/// A host tap that becomes one of L1's NICs; L1 finds it by `mac`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L1Nic {
+    pub tap: String,
+    /// Queue pairs (the tap must be multi-queue when more than 1).
+    pub queues: u16,
+    pub mac: String,
+    pub mtu: Option<u16>,
+}
+
+/// The MAC of L1's NIC `n` (L1's own side; guests keep theirs).
+pub fn l1_nic_mac(n: usize) -> String {
+    format!("52:54:00:76:69:{:02x}", n & 0xff)
 }
 
 /// A host disk image passed through to L1 (writes reach the host file).
@@ -188,6 +205,18 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
             "virtserialport,bus=vser0.0,chardev=vsk,name={}",
             devices::virtio::vsock::relay::PORT_NAME
         ));
+    }
+    for (n, nic) in run.nics.iter().enumerate() {
+        let mut netdev = format!("tap,id=nic{n},ifname={},script=no,downscript=no", nic.tap);
+        let mut device = format!("virtio-net-pci,netdev=nic{n},mac={}", nic.mac);
+        if nic.queues > 1 {
+            netdev.push_str(&format!(",queues={}", nic.queues));
+            device.push_str(&format!(",mq=on,vectors={}", 2 * nic.queues + 2));
+        }
+        if let Some(mtu) = nic.mtu {
+            device.push_str(&format!(",host_mtu={mtu}"));
+        }
+        cmd.arg("-netdev").arg(netdev).arg("-device").arg(device);
     }
     for (n, d) in run.drives.iter().enumerate() {
         cmd.arg("-drive").arg(format!(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{DiskConfig, RngConfig, Transport, VsockConfig};
+use vmm::config::{DiskConfig, NetConfig, RngConfig, Transport, VsockConfig};
 
 use crate::rate::{self, RateKeys};
 use vmm::{ConsoleConfig, VmConfig};
@@ -135,7 +135,7 @@ impl FirecrackerArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Boot a VM and attach to its serial console
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the default guest (kernel and initramfs)
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -294,6 +294,15 @@ pub struct RunArgs {
     /// P arrive at the Unix socket PATH_P (Firecracker's convention)
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-net NIC on a host tap device:
+    /// tap=NAME[,mac=MAC][,mtu=N][,queues=N][,rate=BYTES_PER_SEC][,ops=OPS_PER_SEC].
+    /// Repeat for more NICs (eth0, eth1, ... in the guest). An existing tap
+    /// is used as it is (give it addresses or a bridge yourself); a missing
+    /// one is created for the VM (needs root or CAP_NET_ADMIN) and goes with
+    /// it. queues=N uses N queue pairs on a multi-queue tap; rate= and ops=
+    /// cap each direction
+    #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
     /// virtio transport: pci (the default) or mmio (also chosen when the
     /// command line has pci=off)
     #[arg(long, value_name = "pci|mmio")]
@@ -396,6 +405,64 @@ fn parse_rng(s: &str) -> Result<RngChoice, String> {
     })))
 }
 
+/// Parse `tap=NAME[,mac=..][,mtu=..][,queues=..][,id=..]` and rate keys.
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    use devices::virtio::net::{tap, MAX_QUEUE_PAIRS, MIN_MTU};
+    const USE: &str = "tap=NAME[,mac=MAC][,mtu=N][,queues=N][,id=NAME]";
+    let mut net = NetConfig::new("");
+    let mut rate = RateKeys::default();
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid net '{s}': '{part}' is not key=value (use {USE})"))?;
+        if let Some(taken) = rate.take("net", key, value) {
+            taken.map_err(|e| format!("{e} (in '{s}')"))?;
+            continue;
+        }
+        match key {
+            "tap" if tap::valid_name(value) => net.tap = value.to_string(),
+            "tap" => {
+                return Err(format!(
+                    "invalid net '{s}': tap name '{value}' must be 1 to 15 letters, digits, '-', '_' or '.'"
+                ))
+            }
+            "mac" => {
+                vmm::config::parse_mac(value).map_err(|e| format!("invalid net '{s}': {e}"))?;
+                net.mac = Some(value.to_string());
+            }
+            "mtu" => match value.parse::<u16>() {
+                Ok(m) if m >= MIN_MTU => net.mtu = Some(m),
+                _ => {
+                    return Err(format!(
+                        "invalid net '{s}': mtu is {MIN_MTU} to 65535 bytes"
+                    ))
+                }
+            },
+            "queues" => match value.parse::<u16>() {
+                Ok(q) if (1..=MAX_QUEUE_PAIRS).contains(&q) => net.queues = q,
+                _ => {
+                    return Err(format!(
+                        "invalid net '{s}': queues is 1 to {MAX_QUEUE_PAIRS} queue pairs"
+                    ))
+                }
+            },
+            "id" if !value.is_empty() => net.id = Some(value.to_string()),
+            _ => {
+                return Err(format!(
+                    "invalid net '{s}': unknown or empty key '{key}' (use {USE}[,{}])",
+                    rate::KEYS
+                ))
+            }
+        }
+    }
+    if net.tap.is_empty() {
+        return Err(format!("invalid net '{s}': tap=NAME is required"));
+    }
+    net.rx_rate_limiter = rate.config();
+    net.tx_rate_limiter = rate.config();
+    Ok(net)
+}
+
 /// Parse `cid=N,uds=PATH` (also `guest_cid=` and `uds_path=`).
 fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     let (mut cid, mut uds) = (None, None);
@@ -471,6 +538,7 @@ impl RunArgs {
             config.console = c.clone();
         }
         config.disks.extend(self.disks.iter().cloned());
+        config.nets.extend(self.nets.iter().cloned());
         if let Some(t) = self.transport {
             config.transport = t;
         }
@@ -500,7 +568,7 @@ mod tests {
         let mut full = vec!["vireo", "run"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full)?.command {
-            Some(Command::Run(r)) => Ok(r),
+            Some(Command::Run(r)) => Ok(*r),
             _ => unreachable!(),
         }
     }
@@ -619,6 +687,43 @@ mod tests {
         for bad in ["maybe", "rate=0", "speed=3", "rate=1K,x"] {
             let e = run_args(&["--rng", bad]).err().unwrap().to_string();
             assert!(e.contains("rng"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_flags_make_nics_in_order() {
+        let req = run_args(&[
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=vm-1,mac=02:00:00:00:00:07,mtu=9000,queues=2,rate=10M,id=uplink",
+        ])
+        .unwrap()
+        .to_request()
+        .unwrap();
+        let n = &req.config.nets;
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[0], NetConfig::new("tap0"));
+        assert_eq!(n[1].mac.as_deref(), Some("02:00:00:00:00:07"));
+        assert_eq!((n[1].mtu, n[1].queues), (Some(9000), 2));
+        assert_eq!(n[1].id.as_deref(), Some("uplink"));
+        assert_eq!(n[1].rx_rate_limiter, n[1].tx_rate_limiter);
+        assert!(n[1].tx_rate_limiter.unwrap().bandwidth.is_some());
+        for (bad, needle) in [
+            ("mac=02:00:00:00:00:01", "tap=NAME is required"),
+            ("tap=", "tap name"),
+            ("tap=a-very-long-tap-name", "tap name"),
+            ("tap=t,mac=01:00:00:00:00:01", "multicast"),
+            ("tap=t,mac=zz", "hex pairs"),
+            ("tap=t,mtu=10", "mtu"),
+            ("tap=t,queues=0", "queues"),
+            ("tap=t,queues=99", "queues"),
+            ("tap=t,colour=red", "unknown"),
+            ("tap=t,rate=0", "0 would block"),
+            ("tap", "key=value"),
+        ] {
+            let e = run_args(&["--net", bad]).err().unwrap().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
         }
     }
 

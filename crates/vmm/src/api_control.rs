@@ -116,7 +116,10 @@ impl Controller {
                 not_yet("memory hotplug (virtio-mem)", 7)
             }
             ApiRequest::CreateSnapshot(_) | ApiRequest::LoadSnapshot(_) => not_yet("snapshots", 8),
-            ApiRequest::PatchNetworkInterface(_) => not_yet("virtio-net", 6),
+            ApiRequest::PatchNetworkInterface(_) => not_yet(
+                "changing a network interface's rate limiters at run time",
+                6,
+            ),
             ApiRequest::PatchPmem(_) => bad("virtio-pmem is not supported by Vireo"),
             _ => return None,
         })

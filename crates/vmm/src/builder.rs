@@ -135,6 +135,9 @@ pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     if let ConsoleConfig::File(path) = &config.console {
         console::serial_output(&ConsoleConfig::File(path.clone()))?;
     }
+    for n in &config.nets {
+        net_settings(n, [0x02, 0, 0, 0, 0, 0])?;
+    }
     if let Some(v) = &config.vsock {
         use devices::virtio::vsock::{Error as VsockError, MIN_GUEST_CID};
         if v.guest_cid < MIN_GUEST_CID || v.guest_cid > u64::from(u32::MAX) {
@@ -145,6 +148,54 @@ pub fn preflight(config: &VmConfig) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The device settings `n` asks for, checked; `mac` when it names none.
+fn net_settings(
+    n: &crate::config::NetConfig,
+    mac: [u8; 6],
+) -> Result<devices::virtio::net::NetSettings, Error> {
+    use devices::virtio::net::tap;
+    let bad = |reason: String| Error::NetConfig {
+        tap: n.tap.clone(),
+        reason,
+    };
+    if !tap::valid_name(&n.tap) {
+        return Err(
+            devices::virtio::net::Error::from(tap::TapError::BadName(n.tap.clone())).into(),
+        );
+    }
+    let mac = match &n.mac {
+        Some(m) => crate::config::parse_mac(m).map_err(bad)?,
+        None => mac,
+    };
+    let settings = devices::virtio::net::NetSettings {
+        tap: n.tap.clone(),
+        mac,
+        mtu: n.mtu,
+        queue_pairs: n.queues,
+        rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
+        tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
+    };
+    settings.check()?;
+    Ok(settings)
+}
+
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most 5 bytes into the slice it is given.
+    let n = unsafe { libc::getrandom(mac[1..].as_mut_ptr().cast(), 5, 0) };
+    if n != 5 {
+        // No entropy (never on Linux after boot): the time is unique enough.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        mac[1..].copy_from_slice(&t.to_le_bytes()[..5]);
+    }
+    mac[0] = 0x02;
+    mac
 }
 
 /// Build the VM `config` describes.
@@ -236,6 +287,19 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
             blk.set_rate_limit(limit);
         }
         wanted.push(Box::new(blk));
+    }
+    for n in &config.nets {
+        let settings = net_settings(n, random_mac())?;
+        let dev = devices::virtio::net::Net::with_tap(settings)?;
+        if let Some(bridge) = &n.l1_bridge {
+            devices::virtio::net::tap::join_bridge(&n.tap, bridge, n.mtu).map_err(|source| {
+                Error::Io {
+                    what: "joining the tap to the nested rig's bridge",
+                    source,
+                }
+            })?;
+        }
+        wanted.push(Box::new(dev));
     }
     if let Some(rng) = &config.rng {
         let limit = rng.rate_limiter.unwrap_or_default();

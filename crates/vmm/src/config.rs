@@ -73,6 +73,81 @@ pub struct VsockConfig {
     pub host_relay: bool,
 }
 
+/// A virtio-net NIC on a host tap device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The API's name for it (Firecracker's `iface_id`), used by the
+    /// metrics (`net_<id>`); None for `vireo run` NICs (then `eth<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The host tap: attached to if it exists, else created for the VM.
+    pub tap: String,
+    /// `aa:bb:cc:dd:ee:ff`; None: a random locally administered address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Shown to the guest (VIRTIO_NET_F_MTU); None leaves it at 1500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Queue pairs (a multi-queue tap when more than 1).
+    #[serde(default = "default_queues")]
+    pub queues: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// Set by the nested rig inside L1: make the tap a port of this bridge
+    /// (which also holds L1's own NIC to the host's tap) and bring it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l1_bridge: Option<String>,
+}
+
+fn default_queues() -> u16 {
+    1
+}
+
+impl NetConfig {
+    /// A single-queue NIC on `tap` with nothing else set.
+    pub fn new(tap: &str) -> Self {
+        NetConfig {
+            id: None,
+            tap: tap.to_string(),
+            mac: None,
+            mtu: None,
+            queues: default_queues(),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+            l1_bridge: None,
+        }
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!(
+            "mac {s:?}: expected six hex pairs like 02:00:00:00:00:01"
+        ));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(format!(
+                "mac {s:?}: expected six hex pairs like 02:00:00:00:00:01"
+            ));
+        }
+        *b =
+            u8::from_str_radix(p, 16).map_err(|_| format!("mac {s:?}: {p:?} is not a hex pair"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac {s:?}: a multicast address cannot be a NIC's (the first byte must be even)"
+        ));
+    }
+    Ok(mac)
+}
+
 /// A virtio-rng entropy device (bytes from the host's getrandom).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +208,9 @@ pub struct VmConfig {
     /// A vsock device, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net NICs, in the order the guest sees them (eth0, eth1, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -157,6 +235,7 @@ impl VmConfig {
             transport: Transport::default(),
             rng: None,
             vsock: None,
+            nets: Vec::new(),
         }
     }
 
@@ -207,6 +286,11 @@ mod tests {
             uds_path: "/v.sock".into(),
             host_relay: true,
         });
+        let mut n = NetConfig::new("tap0");
+        n.mac = Some("02:00:00:00:00:01".into());
+        n.queues = 2;
+        n.tx_rate_limiter = Some(RateLimiterConfig::per_second(1 << 20, 0));
+        c.nets.push(n);
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&s).unwrap(), c);
     }
@@ -237,6 +321,22 @@ mod tests {
         assert_eq!(c.virtio_transport(), Transport::Pci);
         assert_eq!("mmio".parse::<Transport>(), Ok(Transport::Mmio));
         assert!("usb".parse::<Transport>().is_err());
+    }
+
+    #[test]
+    fn macs_parse_and_multicast_is_refused() {
+        assert_eq!(parse_mac("02:ab:00:00:00:ff"), Ok([2, 0xab, 0, 0, 0, 0xff]));
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:0g",
+            "002:00:00:00:00:01",
+            "01:00:00:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        let n: NetConfig = serde_json::from_str(r#"{"tap":"t"}"#).unwrap();
+        assert_eq!(n, NetConfig::new("t"));
     }
 
     #[test]

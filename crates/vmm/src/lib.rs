@@ -67,6 +67,10 @@ pub enum Error {
     Disk(#[from] devices::virtio::block::Error),
     #[error(transparent)]
     Vsock(#[from] devices::virtio::vsock::Error),
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::Error),
+    #[error("net {tap}: {reason}")]
+    NetConfig { tap: String, reason: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

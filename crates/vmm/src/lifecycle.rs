@@ -101,7 +101,8 @@ impl Vm {
 
     /// One metrics line for this VM (see `observe::metrics`): its state
     /// and each device's counters: disks named `block_<id>` after the drive
-    /// id, the entropy device `entropy` and vsock `vsock`, as Firecracker
+    /// id, NICs `net_<iface_id>` (`net_eth<n>` for `vireo run` NICs), the
+    /// entropy device `entropy` and vsock `vsock`, as Firecracker
     /// names them.
     pub fn metrics(&self) -> serde_json::Value {
         let state = match self.state() {
@@ -116,9 +117,18 @@ impl Vm {
                 let transport = devices::bus::lock(t);
                 let device = transport.device();
                 let disk = self.config.disks.get(i);
+                // NICs follow the disks, in order.
+                let nic = i.checked_sub(self.config.disks.len());
                 let name = match (device.device_type(), disk) {
                     (device_type::RNG, _) => "entropy".to_string(),
                     (device_type::VSOCK, _) => "vsock".to_string(),
+                    (device_type::NET, _) => {
+                        let n = nic.unwrap_or(0);
+                        match self.config.nets.get(n).and_then(|c| c.id.as_deref()) {
+                            Some(id) => format!("net_{id}"),
+                            None => format!("net_eth{n}"),
+                        }
+                    }
                     (_, Some(d)) => match d.drive_id.as_deref().or(d.id.as_deref()) {
                         Some(id) => format!("block_{id}"),
                         None => format!("block_{i}"),

@@ -7,10 +7,11 @@
 //! What maps: `boot-source` (kernel, initrd, boot_args), `machine-config`
 //! (vcpu_count, mem_size_mib), `drives` (path_on_host, is_read_only,
 //! is_root_device, partuuid, drive_id as the disk's serial, rate_limiter),
-//! `entropy` (rate_limiter), `vsock` (guest_cid, uds_path), `serial`
-//! (serial_out_path). What a VM in this version of Vireo cannot have yet is
-//! refused with the field named, rather than silently dropped: network
-//! interfaces, balloon, pmem, memory hotplug, vhost-user
+//! `network-interfaces` (iface_id, host_dev_name, guest_mac, mtu, rx and
+//! tx rate limiters), `entropy` (rate_limiter), `vsock` (guest_cid,
+//! uds_path), `serial` (serial_out_path). What a VM in this version of
+//! Vireo cannot have yet is refused with the field named, rather than
+//! silently dropped: balloon, pmem, memory hotplug, vhost-user
 //! drives, huge pages, dirty-page tracking, CPU templates and SMT.
 
 use std::path::PathBuf;
@@ -19,7 +20,9 @@ use api::models::{CpuTemplate, FullVmConfiguration, HugePages};
 
 use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 
-use crate::config::{ConsoleConfig, DiskConfig, RngConfig, Transport, VmConfig, VsockConfig};
+use crate::config::{
+    ConsoleConfig, DiskConfig, NetConfig, RngConfig, Transport, VmConfig, VsockConfig,
+};
 
 /// GET_ID serials are at most 20 bytes (virtio-blk).
 const SERIAL_MAX: usize = 20;
@@ -49,9 +52,6 @@ fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ResourceErr
 /// Refuse the parts of `fc` Vireo cannot build yet.
 fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
     let issue = |what: &str, n: u32| format!("{what} (issue {n})");
-    if !fc.network_interfaces.is_empty() {
-        return Err(unsupported("network-interfaces", issue("virtio-net", 6)));
-    }
     if fc.balloon.is_some() {
         return Err(unsupported("balloon", issue("virtio-balloon", 7)));
     }
@@ -149,6 +149,18 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
         cmdline = format!("{cmdline} {arg}").trim().to_string();
     }
     config.cmdline = cmdline;
+    config.nets = fc
+        .network_interfaces
+        .iter()
+        .map(|n| NetConfig {
+            id: Some(n.iface_id.clone()),
+            mac: n.guest_mac.clone(),
+            mtu: n.mtu,
+            rx_rate_limiter: n.rx_rate_limiter.as_ref().map(rate_limiter),
+            tx_rate_limiter: n.tx_rate_limiter.as_ref().map(rate_limiter),
+            ..NetConfig::new(&n.host_dev_name)
+        })
+        .collect();
     config.vsock = fc.vsock.as_ref().map(|v| VsockConfig {
         guest_cid: u64::from(v.guest_cid),
         uds_path: PathBuf::from(&v.uds_path),
@@ -251,10 +263,6 @@ mod tests {
         );
         for (json, field) in [
             (
-                r#""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]"#,
-                "network-interfaces",
-            ),
-            (
                 r#""balloon": {"amount_mib": 0, "deflate_on_oom": false}"#,
                 "balloon",
             ),
@@ -269,6 +277,29 @@ mod tests {
             let err = to_vm_config(&fc, false).unwrap_err().to_string();
             assert!(err.starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn network_interfaces_become_nics_in_order() {
+        let fc = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "network-interfaces": [
+                  {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+                   "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}},
+                  {"iface_id": "net1", "host_dev_name": "tap1", "mtu": 9000}]}"#,
+        );
+        let c = to_vm_config(&fc, false).unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(c.nets[0].id.as_deref(), Some("eth0"));
+        assert_eq!(c.nets[0].tap, "tap0");
+        assert_eq!(c.nets[0].mac.as_deref(), Some("06:00:ac:10:00:02"));
+        assert!(c.nets[0].tx_rate_limiter.unwrap().bandwidth.is_some());
+        assert_eq!(c.nets[0].rx_rate_limiter, None);
+        assert_eq!(
+            (c.nets[1].tap.as_str(), c.nets[1].mtu),
+            ("tap1", Some(9000))
+        );
+        assert_eq!(c.nets[1].queues, 1);
     }
 
     #[test]

@@ -12,10 +12,13 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 
 use super::backend::Backend;
 use super::frame::VNET_HDR_LEN;
+
+/// Add a port to a bridge (linux/sockios.h; libc does not have it).
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 
 /// Longest interface name the kernel takes (IFNAMSIZ minus the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -53,25 +56,77 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// `struct ifreq` with the name and the flags member (all TUN* ioctls
-/// that take an ifreq use only these).
+/// `struct ifreq`: the interface name and a 24-byte union, of which the
+/// ioctls here use the flags (a short) or an int (ifindex, MTU).
 #[repr(C)]
 struct IfReq {
     name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
+    data: [u8; 24],
 }
 
 impl IfReq {
-    fn new(name: &str, flags: libc::c_int) -> IfReq {
+    fn new(name: &str) -> IfReq {
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: flags as libc::c_short,
-            _pad: [0; 22],
+            data: [0; 24],
         };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        let n = name.len().min(MAX_NAME_LEN);
+        req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
         req
     }
+
+    fn with_flags(name: &str, flags: libc::c_int) -> IfReq {
+        let mut req = IfReq::new(name);
+        req.data[..2].copy_from_slice(&(flags as libc::c_short).to_ne_bytes());
+        req
+    }
+
+    fn with_int(name: &str, value: libc::c_int) -> IfReq {
+        let mut req = IfReq::new(name);
+        req.data[..4].copy_from_slice(&value.to_ne_bytes());
+        req
+    }
+
+    fn flags(&self) -> libc::c_int {
+        libc::c_int::from(libc::c_short::from_ne_bytes([self.data[0], self.data[1]]))
+    }
+}
+
+/// Bring interface `name` up (with `mtu`, if given) and make it a port of
+/// bridge `bridge` (the nested rig's L1 joins the inner VM's tap to its
+/// own NIC this way).
+pub fn join_bridge(name: &str, bridge: &str, mtu: Option<u16>) -> io::Result<()> {
+    // SAFETY: a plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nothing else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let ioctl = |request, req: &mut IfReq| {
+        // SAFETY: each request used here reads or writes one ifreq.
+        ioctl_result(unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut IfReq) })
+    };
+    if let Some(mtu) = mtu {
+        ioctl(
+            libc::SIOCSIFMTU,
+            &mut IfReq::with_int(name, libc::c_int::from(mtu)),
+        )?;
+    }
+    let mut req = IfReq::new(name);
+    ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+    let up = req.flags() | libc::IFF_UP;
+    ioctl(libc::SIOCSIFFLAGS, &mut IfReq::with_flags(name, up))?;
+    let cname = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    ioctl(
+        SIOCBRADDIF,
+        &mut IfReq::with_int(bridge, index as libc::c_int),
+    )
 }
 
 /// One queue of a tap device.
@@ -100,7 +155,7 @@ impl Tap {
                 .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                 .open("/dev/net/tun")
                 .map_err(TapError::OpenTun)?;
-            let mut req = IfReq::new(name, flags);
+            let mut req = IfReq::with_flags(name, flags);
             // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is
             // (name and flags at the kernel's offsets, padded to its size).
             let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
@@ -208,7 +263,7 @@ impl Backend for Tap {
         } else {
             libc::IFF_DETACH_QUEUE
         };
-        let mut req = IfReq::new("", flag);
+        let mut req = IfReq::with_flags("", flag);
         // SAFETY: TUNSETQUEUE reads one ifreq (only its flags).
         ioctl_result(unsafe { libc::ioctl(self.fd(), libc::TUNSETQUEUE, &mut req) })
     }

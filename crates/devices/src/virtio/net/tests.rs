@@ -482,6 +482,35 @@ fn activation_wants_the_queues_the_features_imply() {
     net.reset();
 }
 
+/// The MTU of interface `name` (SIOCGIFMTU).
+fn mtu_of(name: &str) -> i32 {
+    let mut req = [0u8; 40];
+    req[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a socket, and an ioctl that fills one 40-byte ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let r = libc::ioctl(fd, libc::SIOCGIFMTU, req.as_mut_ptr());
+        assert_eq!(r, 0, "SIOCGIFMTU: {}", io::Error::last_os_error());
+        libc::close(fd);
+    }
+    i32::from_ne_bytes([req[16], req[17], req[18], req[19]])
+}
+
+/// Create bridge `name` (SIOCBRADDBR) in the current network namespace.
+fn make_bridge(name: &str) {
+    const SIOCBRADDBR: libc::c_ulong = 0x89a0;
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a socket, and an ioctl that reads a NUL-terminated name.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let r = libc::ioctl(fd, SIOCBRADDBR, c.as_ptr());
+        assert_eq!(r, 0, "SIOCBRADDBR: {}", io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
 /// Run `f` on a thread in a fresh network namespace (so taps made there
 /// vanish with it and never touch the host's interfaces).
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -525,6 +554,15 @@ fn a_real_tap_takes_headers_offloads_and_queues() {
         assert_eq!(mq.len(), 3);
         mq[2].set_enabled(false).unwrap();
         mq[2].set_enabled(true).unwrap();
+        // The rig's L1 joins a tap to a bridge; here a bridge made for it.
+        make_bridge("vireo-br0");
+        tap::join_bridge("vireo-t0", "vireo-br0", Some(1400)).unwrap();
+        // (/sys shows the host's namespace: ask the kernel instead.) A
+        // port cannot be added twice, and the MTU was set.
+        let again = tap::join_bridge("vireo-t0", "vireo-br0", None).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EBUSY), "{again}");
+        assert_eq!(mtu_of("vireo-t0"), 1400);
+        assert!(tap::join_bridge("vireo-t0", "no-such-br", None).is_err());
         let net = Net::with_tap(NetSettings {
             tap: "vireo-t2".into(),
             ..settings(2)
