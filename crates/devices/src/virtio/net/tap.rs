@@ -265,7 +265,12 @@ impl Backend for Tap {
         };
         let mut req = IfReq::with_flags("", flag);
         // SAFETY: TUNSETQUEUE reads one ifreq (only its flags).
-        ioctl_result(unsafe { libc::ioctl(self.fd(), libc::TUNSETQUEUE, &mut req) })
+        match ioctl_result(unsafe { libc::ioctl(self.fd(), libc::TUNSETQUEUE, &mut req) }) {
+            // The kernel refuses to attach an attached queue or detach a
+            // detached one: it already is as asked.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => other,
+        }
     }
 
     fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {

@@ -552,6 +552,9 @@ fn a_real_tap_takes_headers_offloads_and_queues() {
         assert!(err.contains("multi-queue"), "{err}");
         let mq = tap::Tap::open("vireo-t1", 3).unwrap();
         assert_eq!(mq.len(), 3);
+        // Attached already: asking again is fine (activation does).
+        mq[2].set_enabled(true).unwrap();
+        mq[2].set_enabled(false).unwrap();
         mq[2].set_enabled(false).unwrap();
         mq[2].set_enabled(true).unwrap();
         // The rig's L1 joins a tap to a bridge; here a bridge made for it.

@@ -317,7 +317,13 @@ impl TransportCore {
                 self.state.activated = true;
                 true
             }
-            Err(_) => {
+            Err(e) => {
+                // The driver sees DEVICE_NEEDS_RESET; the host's operator
+                // needs to know why.
+                eprintln!(
+                    "vireo: virtio device (type {}) cannot start: {e}",
+                    self.device.device_type()
+                );
                 hooks.unregister_doorbells(&self.kicks);
                 false
             }
