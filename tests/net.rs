@@ -25,6 +25,8 @@ use common::{vireo, BOOT_TIMEOUT, QUICK_TIMEOUT};
 
 const MAC0: &str = "02:76:69:72:65:6f";
 const TRANSFER: usize = 8 << 20;
+/// Bytes each way on user networking (see the test for why less).
+const USER_TRANSFER: usize = 256 << 10;
 
 /// A network namespace for one test, removed (with its taps) at the end.
 struct Netns(String);
@@ -155,17 +157,7 @@ fn two_nics_on_taps_carry_traffic_both_ways_with_offloads_and_queues() {
     let host_echo = ns.enter(|| echo_one(TcpListener::bind("10.0.2.1:7000").unwrap()));
 
     let dir = scratch("main");
-    let initrd = dir.join("initrd.cpio");
-    let g = guest::ensure_default_guest().unwrap();
-    rig::initrd_with_programs(
-        &g.initrd,
-        &[(
-            PathBuf::from(env!("CARGO_BIN_EXE_vireo-agent")),
-            "/bin/vireo-agent",
-        )],
-        &initrd,
-    )
-    .unwrap();
+    let initrd = agent_initrd(&dir);
     let script = "ip link set eth0 up; ip addr add 10.0.2.2/24 dev eth0; \
          ip link set eth1 up; ip addr add 10.0.3.2/24 dev eth1; \
          echo MAC0=$(cat /sys/class/net/eth0/address) MTU1=$(cat /sys/class/net/eth1/mtu); \
@@ -235,13 +227,113 @@ fn two_nics_on_taps_carry_traffic_both_ways_with_offloads_and_queues() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The initrd with vireo-agent in it, in `dir`.
+fn agent_initrd(dir: &Path) -> PathBuf {
+    let initrd = dir.join("initrd.cpio");
+    let g = guest::ensure_default_guest().unwrap();
+    rig::initrd_with_programs(
+        &g.initrd,
+        &[(
+            PathBuf::from(env!("CARGO_BIN_EXE_vireo-agent")),
+            "/bin/vireo-agent",
+        )],
+        &initrd,
+    )
+    .unwrap();
+    initrd
+}
+
+/// A free TCP port on the host's loopback (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--net user` (passt, no root needed inside, no tap): the guest gets
+/// its address, gateway, DNS server and MTU by DHCP, reaches a host
+/// service through the gateway, and a forwarded host port reaches the
+/// guest's server; data is checked both ways.
+///
+/// 256 KiB each way, not 8 MiB as on the tap: with Debian 12's passt
+/// (2023-03-09) multi-MiB transfers through the rig now and then came
+/// back with a 64 KiB chunk repeated or a reset connection; passt is the
+/// only part of that path that terminates TCP (see docs/virtio-net.md).
+#[test]
+fn user_networking_gives_dhcp_and_forwards_ports() {
+    let dir = scratch("user");
+    let initrd = agent_initrd(&dir);
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    // Guest to host: one way, every byte checked here.
+    let host_sink = std::thread::spawn(move || {
+        let (mut s, _) = host.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let fwd = free_port();
+    let script = format!(
+        "printf '#!/bin/sh\\n[ \"$1\" = bound ] || exit 0\\nip addr add $ip/$mask dev $interface\\n\
+         ip route add default via $router\\necho \"DHCP ip=$ip router=$router dns=$dns\" > /tmp/lease\\n' > /tmp/dh; \
+         chmod +x /tmp/dh; ip link set eth0 up; udhcpc -i eth0 -n -q -s /tmp/dh >/dev/null 2>&1; \
+         cat /tmp/lease; echo MTU=$(cat /sys/class/net/eth0/mtu); \
+         vireo-agent tcp-echo 7001 1 & sleep 0.5; echo USER-READY; wait $!; \
+         gw=$(ip route | sed -n 's/^default via \\([0-9.]*\\).*/\\1/p'); \
+         vireo-agent tcp-push $gw:{host_port} {USER_TRANSFER}; echo USER-DONE"
+    );
+    let net = format!("user,forward={fwd}:7001");
+    let initrd_s = initrd.display().to_string();
+    let mut vm = common::spawn(&[
+        "run", "--initrd", &initrd_s, "--net", &net, "--", "sh", "-c", &script,
+    ]);
+    vm.wait_for("USER-READY", BOOT_TIMEOUT);
+    let back = echo_round(&format!("127.0.0.1:{fwd}"), USER_TRANSFER);
+    let expect: Vec<u8> = (0..USER_TRANSFER).map(pattern).collect();
+    assert!(
+        back == expect,
+        "forwarded echo differs ({} bytes back)",
+        back.len()
+    );
+    vm.wait_for("USER-DONE", BOOT_TIMEOUT);
+    let seen = vm.seen.clone();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, stderr) = vm.stop_with(libc::SIGTERM, Duration::from_secs(60));
+    let all = format!("{seen}\n--- stderr ---\n{stderr}");
+    let lease = seen
+        .lines()
+        .find(|l| l.starts_with("DHCP ip="))
+        .unwrap_or_else(|| panic!("no DHCP lease: {all}"));
+    for key in ["ip=", "router=", "dns="] {
+        let value = lease.split(key).nth(1).and_then(|v| v.split(' ').next());
+        assert!(
+            value.is_some_and(|v| v.contains('.')),
+            "{key} missing in {lease:?}"
+        );
+    }
+    assert!(seen.contains("MTU=65520"), "{all}");
+    assert!(
+        seen.contains(&format!("pushed {USER_TRANSFER}")),
+        "guest to host: {all}"
+    );
+    let got = host_sink.join().unwrap();
+    assert!(
+        got == expect,
+        "guest to host: {} bytes arrived, or they differ",
+        got.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bad_net_settings_fail_before_boot() {
     for (spec, needle) in [
         ("tap=bad/name", "tap name"),
         ("tap=t0,mac=01:00:00:00:00:01", "multicast"),
         ("tap=t0,queues=17", "queues"),
-        ("mac=02:00:00:00:00:01", "tap=NAME is required"),
+        ("mac=02:00:00:00:00:01", "tap=NAME or user is required"),
     ] {
         let o = vireo(&["run", "--net", spec, "--", "true"], QUICK_TIMEOUT);
         assert_ne!(o.code, Some(0), "{}", o.dump());

@@ -245,6 +245,17 @@ pub fn spawn_with(program: &str, args: &[&str]) -> Running {
     }
 }
 
+/// A test that fails while its VM runs must not leave the VM (and the
+/// rig's QEMU) running behind it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     /// Read stdout until `marker` shows; panics if vireo ends first or
     /// `timeout` passes (a blocked read is bounded by vireo's own end).

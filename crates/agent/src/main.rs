@@ -212,6 +212,16 @@ fn send<S: Stream>(connect: impl FnOnce() -> io::Result<S>, n: u64) -> String {
         match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(k) => {
+                if got + k as u64 > n {
+                    let extra = &buf[(n - got) as usize..k];
+                    let head: Vec<String> =
+                        extra.iter().take(16).map(|b| format!("{b:02x}")).collect();
+                    return format!(
+                        "long echo: {} bytes past {n}, starting {}",
+                        got + k as u64 - n,
+                        head.join(" ")
+                    );
+                }
                 if let Some(j) = (0..k).find(|&j| buf[j] != pattern(got + j as u64)) {
                     return format!("mismatch at byte {}", got + j as u64);
                 }
@@ -228,10 +238,34 @@ fn send<S: Stream>(connect: impl FnOnce() -> io::Result<S>, n: u64) -> String {
     }
 }
 
+/// Send `n` pattern bytes one way and close.
+fn push(addr: &str, n: u64) -> String {
+    let mut conn = match TcpStream::connect(addr) {
+        Ok(c) => c,
+        Err(e) => return format!("connect: {e}"),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < n {
+        let k = (n - sent).min(buf.len() as u64) as usize;
+        for (j, b) in buf[..k].iter_mut().enumerate() {
+            *b = pattern(sent + j as u64);
+        }
+        if let Err(e) = conn.write_all(&buf[..k]) {
+            return format!("write: {e}");
+        }
+        sent += k as u64;
+    }
+    conn.close_write();
+    // Wait for the peer's close, so everything was taken.
+    let _ = conn.read(&mut buf);
+    format!("pushed {n}")
+}
+
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vireo-agent vsock-echo PORT COUNT | vsock-send CID PORT BYTES\n       \
-         vireo-agent tcp-echo PORT COUNT | tcp-send ADDR:PORT BYTES"
+         vireo-agent tcp-echo PORT COUNT | tcp-send ADDR:PORT BYTES | tcp-push ADDR:PORT BYTES"
     );
     ExitCode::from(2)
 }
@@ -269,6 +303,13 @@ fn main() -> ExitCode {
                 echo("tcp-echo", count as usize, || l.accept().map(|(s, _)| s))
             });
             served("tcp-echo", r)
+        }
+        Some("tcp-push") => {
+            let (Some(addr), Some(n)) = (args.get(1), num(2)) else {
+                return usage();
+            };
+            println!("tcp-push {addr}: {}", push(addr, n));
+            ExitCode::SUCCESS
         }
         Some("tcp-send") => {
             let (Some(addr), Some(n)) = (args.get(1), num(2)) else {

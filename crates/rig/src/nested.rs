@@ -10,8 +10,10 @@ use devices::virtio::vsock::relay;
 
 use vmm::{ConsoleConfig, VmConfig};
 
-use crate::qemu::{l1_disk_path, l1_nic_mac, run_l1, L1Drive, L1Nic, L1Run, Ttys0};
+use crate::qemu::{l1_disk_path, l1_nic_mac, run_l1, L1Drive, L1Nic, L1NicBackend, L1Run, Ttys0};
 use crate::{add_executable, probe_host_kvm, HostKvm, RigError};
+use devices::virtio::net::passt;
+use vmm::config::NetBackend;
 
 /// L1 paths of what a nested run copies in.
 const L1_VIREO: &str = "/rig/bin/vireo";
@@ -69,7 +71,20 @@ fn nested(
     let _cleanup = guest::cache::RemoveOnDrop(Some(tmp.clone()));
 
     let (inner, mut files, drives) = l1_config(config)?;
-    let nics = l1_nics(config);
+    let nics = l1_nics(config, &tmp);
+    // User networking: passt runs here, on the host, and L1's NIC connects
+    // to it; the guest gets its DHCP through L1's bridge.
+    let mut _passts = Vec::new();
+    for (nic, net) in nics.iter().zip(&config.nets) {
+        if let (L1NicBackend::Stream(sock), NetBackend::User { forwards }) =
+            (&nic.backend, &net.backend)
+        {
+            _passts.push(
+                passt::start_listening(forwards, sock)
+                    .map_err(|e| RigError::Config(e.to_string()))?,
+            );
+        }
+    }
     // vsock: the user's socket is served here, on the host, and relayed to
     // the inner device over a virtio-serial port of L1.
     let _vsock = match &config.vsock {
@@ -188,7 +203,10 @@ fn l1_config(config: &VmConfig) -> Result<L1Inputs, RigError> {
     // Each NIC's host tap is one of L1's NICs, bridged in L1 with a tap
     // the inner vireo makes; the guest keeps its MAC, MTU and queues.
     for (n, net) in inner.nets.iter_mut().enumerate() {
-        net.tap = l1_tap(n);
+        if matches!(net.backend, NetBackend::User { .. }) {
+            net.mtu = Some(l1_mtu(net));
+        }
+        net.backend = NetBackend::Tap(l1_tap(n));
         net.l1_bridge = Some(l1_bridge(n));
     }
     Ok((inner, files, drives))
@@ -204,17 +222,37 @@ fn l1_bridge(n: usize) -> String {
     format!("vireo-br{n}")
 }
 
-/// L1's NICs: one per guest NIC, on the host tap the user named.
-fn l1_nics(config: &VmConfig) -> Vec<L1Nic> {
+/// The MTU a user-networking NIC has on every hop of the rig: the one
+/// asked for, else passt's.
+fn l1_mtu(net: &vmm::config::NetConfig) -> u16 {
+    net.mtu.unwrap_or(passt::DEFAULT_MTU)
+}
+
+/// L1's NICs: one per guest NIC, on the host tap the user named, or on
+/// the socket of a passt started for it (in `tmp`).
+fn l1_nics(config: &VmConfig, tmp: &Path) -> Vec<L1Nic> {
     config
         .nets
         .iter()
         .enumerate()
-        .map(|(n, net)| L1Nic {
-            tap: net.tap.clone(),
-            queues: net.queues,
-            mac: l1_nic_mac(n),
-            mtu: net.mtu,
+        .map(|(n, net)| match &net.backend {
+            NetBackend::Tap(tap) => L1Nic {
+                backend: L1NicBackend::Tap(tap.clone()),
+                queues: net.queues,
+                mac: l1_nic_mac(n),
+                mtu: net.mtu,
+            },
+            // Not in `tmp`: passt drops root for nobody, who cannot enter
+            // that private directory.
+            NetBackend::User { .. } => L1Nic {
+                backend: L1NicBackend::Stream(tmp.with_file_name(format!(
+                    "{}-passt-{n}.sock",
+                    tmp.file_name().and_then(|f| f.to_str()).unwrap_or("vireo")
+                ))),
+                queues: 1,
+                mac: l1_nic_mac(n),
+                mtu: Some(l1_mtu(net)),
+            },
         })
         .collect()
 }
@@ -339,16 +377,26 @@ mod tests {
             n
         }];
         let (inner, _, _) = l1_config(&c).unwrap();
-        assert_eq!(inner.nets[0].tap, "vireo-tap0");
+        assert_eq!(inner.nets[0].backend, NetBackend::Tap("vireo-tap0".into()));
         assert_eq!(inner.nets[1].l1_bridge.as_deref(), Some("vireo-br1"));
         assert_eq!(inner.nets[1].queues, 2);
-        let nics = l1_nics(&c);
-        assert_eq!(nics[1].tap, "mq0");
+        let nics = l1_nics(&c, &dir);
+        assert_eq!(nics[1].backend, L1NicBackend::Tap("mq0".into()));
         assert_eq!((nics[1].queues, nics[1].mtu), (2, Some(4000)));
         let script = bridge_script(&nics);
         assert!(script.contains("brctl addbr vireo-br1"), "{script}");
         assert!(script.contains("mtu 4000"), "{script}");
         assert!(script.contains(&l1_nic_mac(0)), "{script}");
+        c.nets = vec![vmm::config::NetConfig::user(Vec::new())];
+        let (inner, _, _) = l1_config(&c).unwrap();
+        assert_eq!(inner.nets[0].backend, NetBackend::Tap("vireo-tap0".into()));
+        assert_eq!(inner.nets[0].mtu, Some(passt::DEFAULT_MTU));
+        let nics = l1_nics(&c, &dir);
+        assert_eq!(
+            nics[0].backend,
+            L1NicBackend::Stream(dir.join("passt-0.sock"))
+        );
+        assert_eq!(nics[0].mtu, Some(passt::DEFAULT_MTU));
         c.nets.clear();
 
         c.initrd = Some(dir.join("missing"));

@@ -69,14 +69,25 @@ pub struct L1Run {
     pub nics: Vec<L1Nic>,
 }
 
-/// A host tap that becomes one of L1's NICs; L1 finds it by `mac`.
+/// A host network backend that becomes one of L1's NICs; L1 finds it by
+/// `mac`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L1Nic {
-    pub tap: String,
+    pub backend: L1NicBackend,
     /// Queue pairs (the tap must be multi-queue when more than 1).
     pub queues: u16,
     pub mac: String,
     pub mtu: Option<u16>,
+}
+
+/// What an L1 NIC is connected to on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L1NicBackend {
+    /// A host tap (QEMU's `-netdev tap`).
+    Tap(String),
+    /// A listening Unix socket speaking length-prefixed frames, such as
+    /// passt's (QEMU's `-netdev stream`).
+    Stream(PathBuf),
 }
 
 /// The MAC of L1's NIC `n` (L1's own side; guests keep theirs).
@@ -207,7 +218,15 @@ pub fn run_l1(run: &L1Run) -> Result<L1Output, RigError> {
         ));
     }
     for (n, nic) in run.nics.iter().enumerate() {
-        let mut netdev = format!("tap,id=nic{n},ifname={},script=no,downscript=no", nic.tap);
+        let mut netdev = match &nic.backend {
+            L1NicBackend::Tap(tap) => {
+                format!("tap,id=nic{n},ifname={tap},script=no,downscript=no")
+            }
+            L1NicBackend::Stream(sock) => format!(
+                "stream,id=nic{n},server=off,addr.type=unix,addr.path={}",
+                chardev_path(sock)?
+            ),
+        };
         let mut device = format!("virtio-net-pci,netdev=nic{n},mac={}", nic.mac);
         if nic.queues > 1 {
             netdev.push_str(&format!(",queues={}", nic.queues));

@@ -294,13 +294,15 @@ pub struct RunArgs {
     /// P arrive at the Unix socket PATH_P (Firecracker's convention)
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
-    /// A virtio-net NIC on a host tap device:
-    /// tap=NAME[,mac=MAC][,mtu=N][,queues=N][,rate=BYTES_PER_SEC][,ops=OPS_PER_SEC].
-    /// Repeat for more NICs (eth0, eth1, ... in the guest). An existing tap
-    /// is used as it is (give it addresses or a bridge yourself); a missing
-    /// one is created for the VM (needs root or CAP_NET_ADMIN) and goes with
-    /// it. queues=N uses N queue pairs on a multi-queue tap; rate= and ops=
-    /// cap each direction
+    /// A virtio-net NIC, on a host tap device:
+    /// tap=NAME[,mac=MAC][,mtu=N][,queues=N][,rate=BYTES_PER_SEC][,ops=OPS_PER_SEC],
+    /// or on rootless user networking: user[,forward=HOST:GUEST]... (passt
+    /// gives the guest DHCP, a gateway and DNS; forward= publishes a host TCP
+    /// port, udp:HOST:GUEST a UDP one). Repeat for more NICs (eth0, eth1,
+    /// ... in the guest). An existing tap is used as it is (give it
+    /// addresses or a bridge yourself); a missing one is created for the VM
+    /// (needs root or CAP_NET_ADMIN) and goes with it. queues=N uses N queue
+    /// pairs on a multi-queue tap; rate= and ops= cap each direction
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
     /// virtio transport: pci (the default) or mmio (also chosen when the
@@ -405,13 +407,21 @@ fn parse_rng(s: &str) -> Result<RngChoice, String> {
     })))
 }
 
-/// Parse `tap=NAME[,mac=..][,mtu=..][,queues=..][,id=..]` and rate keys.
+/// Parse `tap=NAME` or `user[,forward=..]...`, then
+/// `[,mac=..][,mtu=..][,queues=..][,id=..]` and rate keys.
 fn parse_net(s: &str) -> Result<NetConfig, String> {
-    use devices::virtio::net::{tap, MAX_QUEUE_PAIRS, MIN_MTU};
-    const USE: &str = "tap=NAME[,mac=MAC][,mtu=N][,queues=N][,id=NAME]";
-    let mut net = NetConfig::new("");
+    use devices::virtio::net::{passt::Forward, tap, MAX_QUEUE_PAIRS, MIN_MTU};
+    use vmm::config::NetBackend;
+    const USE: &str =
+        "tap=NAME or user[,forward=HOST:GUEST] then [,mac=MAC][,mtu=N][,queues=N][,id=NAME]";
+    let (mut net, rest) = match s.split_once(',') {
+        Some(("user", rest)) => (NetConfig::user(Vec::new()), rest),
+        None if s == "user" => (NetConfig::user(Vec::new()), ""),
+        _ => (NetConfig::new(""), s),
+    };
+    let user = matches!(net.backend, NetBackend::User { .. });
     let mut rate = RateKeys::default();
-    for part in s.split(',') {
+    for part in rest.split(',').filter(|p| !(p.is_empty() && user)) {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("invalid net '{s}': '{part}' is not key=value (use {USE})"))?;
@@ -420,7 +430,10 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
             continue;
         }
         match key {
-            "tap" if tap::valid_name(value) => net.tap = value.to_string(),
+            "tap" if user => {
+                return Err(format!("invalid net '{s}': user networking has no tap"))
+            }
+            "tap" if tap::valid_name(value) => net.backend = NetBackend::Tap(value.to_string()),
             "tap" => {
                 return Err(format!(
                     "invalid net '{s}': tap name '{value}' must be 1 to 15 letters, digits, '-', '_' or '.'"
@@ -446,6 +459,17 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
                     ))
                 }
             },
+            "forward" if user => {
+                let f = Forward::parse(value).map_err(|e| format!("invalid net '{s}': {e}"))?;
+                if let NetBackend::User { forwards } = &mut net.backend {
+                    forwards.push(f);
+                }
+            }
+            "forward" => {
+                return Err(format!(
+                    "invalid net '{s}': forward= is for user networking (--net user,forward=...)"
+                ))
+            }
             "id" if !value.is_empty() => net.id = Some(value.to_string()),
             _ => {
                 return Err(format!(
@@ -455,8 +479,13 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
             }
         }
     }
-    if net.tap.is_empty() {
-        return Err(format!("invalid net '{s}': tap=NAME is required"));
+    if net.backend == NetBackend::Tap(String::new()) {
+        return Err(format!("invalid net '{s}': tap=NAME or user is required"));
+    }
+    if user && net.queues != 1 {
+        return Err(format!(
+            "invalid net '{s}': user networking has one queue pair"
+        ));
     }
     net.rx_rate_limiter = rate.config();
     net.tx_rate_limiter = rate.config();
@@ -709,8 +738,33 @@ mod tests {
         assert_eq!(n[1].id.as_deref(), Some("uplink"));
         assert_eq!(n[1].rx_rate_limiter, n[1].tx_rate_limiter);
         assert!(n[1].tx_rate_limiter.unwrap().bandwidth.is_some());
+        let req = run_args(&[
+            "--net",
+            "user",
+            "--net",
+            "user,forward=8080:80,forward=udp:53:53,mtu=1500",
+        ])
+        .unwrap()
+        .to_request()
+        .unwrap();
+        assert_eq!(req.config.nets[0], NetConfig::user(Vec::new()));
+        let u = &req.config.nets[1];
+        assert_eq!(u.mtu, Some(1500));
+        assert_eq!(
+            u.backend,
+            vmm::config::NetBackend::User {
+                forwards: vec![
+                    vmm::config::Forward::parse("8080:80").unwrap(),
+                    vmm::config::Forward::parse("udp:53:53").unwrap()
+                ]
+            }
+        );
         for (bad, needle) in [
-            ("mac=02:00:00:00:00:01", "tap=NAME is required"),
+            ("mac=02:00:00:00:00:01", "tap=NAME or user is required"),
+            ("user,tap=t", "no tap"),
+            ("user,queues=2", "one queue pair"),
+            ("user,forward=0:80", "not a port"),
+            ("tap=t,forward=80", "for user networking"),
             ("tap=", "tap name"),
             ("tap=a-very-long-tap-name", "tap name"),
             ("tap=t,mac=01:00:00:00:00:01", "multicast"),

@@ -155,24 +155,37 @@ fn net_settings(
     n: &crate::config::NetConfig,
     mac: [u8; 6],
 ) -> Result<devices::virtio::net::NetSettings, Error> {
-    use devices::virtio::net::tap;
+    use crate::config::NetBackend;
+    use devices::virtio::net::{passt, tap};
     let bad = |reason: String| Error::NetConfig {
-        tap: n.tap.clone(),
+        tap: n.label().to_string(),
         reason,
     };
-    if !tap::valid_name(&n.tap) {
-        return Err(
-            devices::virtio::net::Error::from(tap::TapError::BadName(n.tap.clone())).into(),
-        );
+    let mut mtu = n.mtu;
+    match &n.backend {
+        NetBackend::Tap(name) if !tap::valid_name(name) => {
+            return Err(
+                devices::virtio::net::Error::from(tap::TapError::BadName(name.clone())).into(),
+            );
+        }
+        NetBackend::Tap(_) => {}
+        NetBackend::User { .. } => {
+            if n.queues != 1 {
+                return Err(bad(
+                    "user networking has one queue pair (passt serves one)".into()
+                ));
+            }
+            mtu = mtu.or(Some(passt::DEFAULT_MTU));
+        }
     }
     let mac = match &n.mac {
         Some(m) => crate::config::parse_mac(m).map_err(bad)?,
         None => mac,
     };
     let settings = devices::virtio::net::NetSettings {
-        tap: n.tap.clone(),
+        tap: n.label().to_string(),
         mac,
-        mtu: n.mtu,
+        mtu,
         queue_pairs: n.queues,
         rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
         tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
@@ -289,16 +302,24 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         wanted.push(Box::new(blk));
     }
     for n in &config.nets {
+        use crate::config::NetBackend;
+        use devices::virtio::net::Net;
         let settings = net_settings(n, random_mac())?;
-        let dev = devices::virtio::net::Net::with_tap(settings)?;
-        if let Some(bridge) = &n.l1_bridge {
-            devices::virtio::net::tap::join_bridge(&n.tap, bridge, n.mtu).map_err(|source| {
-                Error::Io {
-                    what: "joining the tap to the nested rig's bridge",
-                    source,
+        let dev = match &n.backend {
+            NetBackend::Tap(name) => {
+                let dev = Net::with_tap(settings)?;
+                if let Some(bridge) = &n.l1_bridge {
+                    devices::virtio::net::tap::join_bridge(name, bridge, n.mtu).map_err(
+                        |source| Error::Io {
+                            what: "joining the tap to the nested rig's bridge",
+                            source,
+                        },
+                    )?;
                 }
-            })?;
-        }
+                dev
+            }
+            NetBackend::User { forwards } => Net::with_passt(settings, forwards)?,
+        };
         wanted.push(Box::new(dev));
     }
     if let Some(rng) = &config.rng {

@@ -81,12 +81,13 @@ pub struct NetConfig {
     /// metrics (`net_<id>`); None for `vireo run` NICs (then `eth<n>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The host tap: attached to if it exists, else created for the VM.
-    pub tap: String,
+    /// Where the NIC's frames go.
+    pub backend: NetBackend,
     /// `aa:bb:cc:dd:ee:ff`; None: a random locally administered address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    /// Shown to the guest (VIRTIO_NET_F_MTU); None leaves it at 1500.
+    /// Shown to the guest (VIRTIO_NET_F_MTU); None leaves it at 1500 on
+    /// a tap, passt's 65520 on user networking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
     /// Queue pairs (a multi-queue tap when more than 1).
@@ -102,6 +103,22 @@ pub struct NetConfig {
     pub l1_bridge: Option<String>,
 }
 
+/// A NIC's host side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetBackend {
+    /// A host tap: attached to if it exists, else created for the VM.
+    Tap(String),
+    /// Rootless user-mode networking through passt, with host ports
+    /// forwarded to guest ports.
+    User {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        forwards: Vec<Forward>,
+    },
+}
+
+pub use devices::virtio::net::passt::Forward;
+
 fn default_queues() -> u16 {
     1
 }
@@ -109,15 +126,32 @@ fn default_queues() -> u16 {
 impl NetConfig {
     /// A single-queue NIC on `tap` with nothing else set.
     pub fn new(tap: &str) -> Self {
+        Self::with_backend(NetBackend::Tap(tap.to_string()))
+    }
+
+    /// A single-queue NIC on user networking forwarding `forwards`.
+    pub fn user(forwards: Vec<Forward>) -> Self {
+        Self::with_backend(NetBackend::User { forwards })
+    }
+
+    fn with_backend(backend: NetBackend) -> Self {
         NetConfig {
             id: None,
-            tap: tap.to_string(),
+            backend,
             mac: None,
             mtu: None,
             queues: default_queues(),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
             l1_bridge: None,
+        }
+    }
+
+    /// The tap's name, or `user` for user networking (for messages).
+    pub fn label(&self) -> &str {
+        match &self.backend {
+            NetBackend::Tap(name) => name,
+            NetBackend::User { .. } => "user",
         }
     }
 }
@@ -291,6 +325,9 @@ mod tests {
         n.queues = 2;
         n.tx_rate_limiter = Some(RateLimiterConfig::per_second(1 << 20, 0));
         c.nets.push(n);
+        c.nets.push(NetConfig::user(
+            vec![Forward::parse("udp:53:5353").unwrap()],
+        ));
         let s = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&s).unwrap(), c);
     }
@@ -335,8 +372,12 @@ mod tests {
         ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
-        let n: NetConfig = serde_json::from_str(r#"{"tap":"t"}"#).unwrap();
+        let n: NetConfig = serde_json::from_str(r#"{"backend":{"tap":"t"}}"#).unwrap();
         assert_eq!(n, NetConfig::new("t"));
+        let u: NetConfig =
+            serde_json::from_str(r#"{"backend":{"user":{"forwards":[{"host":8080,"guest":80}]}}}"#)
+                .unwrap();
+        assert_eq!(u.label(), "user");
     }
 
     #[test]

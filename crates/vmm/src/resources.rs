@@ -291,14 +291,11 @@ mod tests {
         let c = to_vm_config(&fc, false).unwrap();
         assert_eq!(c.nets.len(), 2);
         assert_eq!(c.nets[0].id.as_deref(), Some("eth0"));
-        assert_eq!(c.nets[0].tap, "tap0");
+        assert_eq!(c.nets[0].label(), "tap0");
         assert_eq!(c.nets[0].mac.as_deref(), Some("06:00:ac:10:00:02"));
         assert!(c.nets[0].tx_rate_limiter.unwrap().bandwidth.is_some());
         assert_eq!(c.nets[0].rx_rate_limiter, None);
-        assert_eq!(
-            (c.nets[1].tap.as_str(), c.nets[1].mtu),
-            ("tap1", Some(9000))
-        );
+        assert_eq!((c.nets[1].label(), c.nets[1].mtu), ("tap1", Some(9000)));
         assert_eq!(c.nets[1].queues, 1);
     }
 

@@ -26,6 +26,16 @@ pub trait Backend: Send {
     fn set_enabled(&self, _enabled: bool) -> io::Result<()> {
         Ok(())
     }
+    /// Finish writing what `send` accepted (called when the fd is
+    /// writable again); `WouldBlock` if it still cannot.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether frames may carry offloads (partial checksums, GSO) both
+    /// ways, as a tap with IFF_VNET_HDR can.
+    fn offloads(&self) -> bool {
+        false
+    }
     /// Another handle on the same queue.
     fn try_clone_box(&self) -> io::Result<Box<dyn Backend>>;
 }
@@ -45,6 +55,12 @@ impl Backend for Box<dyn Backend> {
     }
     fn set_enabled(&self, enabled: bool) -> io::Result<()> {
         (**self).set_enabled(enabled)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn offloads(&self) -> bool {
+        (**self).offloads()
     }
     fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {
         (**self).try_clone_box()

@@ -52,6 +52,8 @@ pub struct NetSettings {
 pub enum Error {
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error(transparent)]
+    Passt(#[from] super::passt::PasstError),
     #[error("net {tap}: queues={got}: must be 1 to {MAX_QUEUE_PAIRS}")]
     QueuePairs { tap: String, got: u16 },
     #[error("net {tap}: mtu={got}: must be {MIN_MTU} to {max}")]
@@ -121,6 +123,17 @@ impl Net {
         Net::new(settings, backends)
     }
 
+    /// A device on user-mode networking: passt, started for it (and
+    /// stopped with it), forwarding `forwards` to the guest.
+    pub fn with_passt(
+        settings: NetSettings,
+        forwards: &[super::passt::Forward],
+    ) -> Result<Net, Error> {
+        settings.check()?;
+        let backend = super::passt::start(forwards)?;
+        Net::new(settings, vec![Box::new(backend)])
+    }
+
     /// A device on `backends`, one per queue pair.
     pub fn new(settings: NetSettings, backends: Vec<Box<dyn Backend>>) -> Result<Net, Error> {
         settings.check()?;
@@ -131,7 +144,11 @@ impl Net {
             });
         }
         Ok(Net {
-            avail_features: features::offered(settings.mtu, settings.queue_pairs),
+            avail_features: features::offered(
+                settings.mtu,
+                settings.queue_pairs,
+                backends.iter().all(|b| b.offloads()),
+            ),
             settings,
             backends,
             acked_features: 0,

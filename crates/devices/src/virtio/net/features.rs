@@ -31,26 +31,22 @@ pub const fn bit(n: u32) -> u64 {
 const GUEST_OFFLOADS: [u32; 4] = [GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, GUEST_UFO];
 
 /// What a device with `mtu` (if set) and `queue_pairs` pairs offers:
-/// checksum and segmentation offloads both ways, mergeable RX buffers,
-/// link status, its MAC, a control queue (offloads at run time, and the
-/// number of queue pairs when there are several).
-pub fn offered(mtu: Option<u16>, queue_pairs: u16) -> u64 {
+/// mergeable RX buffers, link status, its MAC, a control queue (the number
+/// of queue pairs when there are several), and, on a backend that carries
+/// them (`offloads`), checksum and segmentation offloads both ways, also
+/// switchable at run time.
+pub fn offered(mtu: Option<u16>, queue_pairs: u16, offloads: bool) -> u64 {
     let mut f = VIRTIO_F_VERSION_1 | bit(VIRTIO_RING_F_EVENT_IDX);
-    for n in [
-        CSUM,
-        HOST_TSO4,
-        HOST_TSO6,
-        HOST_UFO,
-        MRG_RXBUF,
-        STATUS,
-        MAC,
-        CTRL_VQ,
-        CTRL_GUEST_OFFLOADS,
-    ]
-    .into_iter()
-    .chain(GUEST_OFFLOADS)
-    {
+    for n in [MRG_RXBUF, STATUS, MAC, CTRL_VQ] {
         f |= bit(n);
+    }
+    if offloads {
+        for n in [CSUM, HOST_TSO4, HOST_TSO6, HOST_UFO, CTRL_GUEST_OFFLOADS]
+            .into_iter()
+            .chain(GUEST_OFFLOADS)
+        {
+            f |= bit(n);
+        }
     }
     if mtu.is_some() {
         f |= bit(MTU);
@@ -96,14 +92,21 @@ mod tests {
 
     #[test]
     fn offers_follow_the_settings() {
-        let one = offered(None, 1);
+        let one = offered(None, 1, true);
         assert_ne!(one & VIRTIO_F_VERSION_1, 0);
         assert_eq!(one & bit(MQ), 0);
         assert_eq!(one & bit(MTU), 0);
         assert_ne!(one & bit(MRG_RXBUF), 0);
-        let more = offered(Some(9000), 4);
+        let more = offered(Some(9000), 4, true);
         assert_ne!(more & bit(MQ), 0);
         assert_ne!(more & bit(MTU), 0);
+        let plain = offered(None, 1, false);
+        assert_eq!(guest_offloads(plain), 0);
+        assert_eq!(
+            plain & (bit(CSUM) | bit(HOST_TSO4) | bit(CTRL_GUEST_OFFLOADS)),
+            0
+        );
+        assert_ne!(plain & bit(MRG_RXBUF), 0);
     }
 
     #[test]
@@ -114,7 +117,7 @@ mod tests {
             tun_offload_flags(bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6)),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
         );
-        let acked = offered(None, 1);
+        let acked = offered(None, 1, true);
         assert_eq!(
             guest_offloads(acked),
             bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6) | bit(GUEST_UFO)

@@ -12,6 +12,8 @@
 //!   signalled once per batch.
 //! - `ctrl.rs`: the control queue (queue pairs, run-time offloads).
 //! - `backend.rs` / `tap.rs`: where frames go; the tap with IFF_VNET_HDR.
+//! - `stream.rs` / `passt.rs`: frames over a stream socket, and passt
+//!   (rootless user-mode networking) on one.
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
 
@@ -21,7 +23,9 @@ mod device;
 pub mod features;
 pub mod frame;
 mod metrics;
+pub mod passt;
 mod persist;
+pub mod stream;
 pub mod tap;
 mod worker;
 

@@ -20,6 +20,9 @@ use super::frame::VNET_HDR_LEN;
 /// Add a port to a bridge (linux/sockios.h; libc does not have it).
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 
+/// Frames a bridged tap queues for its reader (`join_bridge`).
+const BRIDGED_TXQUEUELEN: libc::c_int = 10_000;
+
 /// Longest interface name the kernel takes (IFNAMSIZ minus the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
@@ -113,6 +116,13 @@ pub fn join_bridge(name: &str, bridge: &str, mtu: Option<u16>) -> io::Result<()>
             &mut IfReq::with_int(name, libc::c_int::from(mtu)),
         )?;
     }
+    // A deep queue: under emulation the VMM reading the tap is often
+    // descheduled for milliseconds, and a tap drops what its queue cannot
+    // hold (the kernel default is 1000 frames).
+    ioctl(
+        libc::SIOCSIFTXQLEN,
+        &mut IfReq::with_int(name, BRIDGED_TXQUEUELEN),
+    )?;
     let mut req = IfReq::new(name);
     ioctl(libc::SIOCGIFFLAGS, &mut req)?;
     let up = req.flags() | libc::IFF_UP;
@@ -271,6 +281,10 @@ impl Backend for Tap {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
             other => other,
         }
+    }
+
+    fn offloads(&self) -> bool {
+        true
     }
 
     fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {

@@ -311,7 +311,7 @@ fn command(d: &mut Driver, bytes: &[u8]) -> (u16, GuestAddress) {
 fn the_control_queue_sets_pairs_and_offloads_and_refuses_the_rest() {
     let mem = guest_memory();
     let mut d = Driver::new(&mem, 16);
-    let acked = features::offered(None, 2);
+    let acked = features::offered(None, 2, true);
     let backends: Vec<Box<dyn Backend>> = vec![Box::new(pair().0), Box::new(pair().0)];
     let mut ctrl = Ctrl {
         queue: ServedQueue::new(4, d.queue()),
@@ -536,7 +536,8 @@ fn a_real_tap_takes_headers_offloads_and_queues() {
         assert_eq!(taps.len(), 1);
         let t = &taps[0];
         assert_eq!(t.name(), "vireo-t0");
-        let all = features::tun_offload_flags(features::guest_offloads(features::offered(None, 1)));
+        let all =
+            features::tun_offload_flags(features::guest_offloads(features::offered(None, 1, true)));
         t.set_offload(all).unwrap();
         t.set_offload(0).unwrap();
         // A down tap has no frames.

@@ -334,6 +334,9 @@ impl<B: Backend> Worker<B> {
             self.readable = true;
         }
         if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
+            // A frame half written is finished first (an error shows again
+            // on the next send, which counts it).
+            let _ = self.backend.flush();
             self.tx_blocked = false;
         }
     }
