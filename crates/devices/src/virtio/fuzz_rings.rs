@@ -196,3 +196,81 @@ impl Interrupt for NoInterrupt {
         Ok(())
     }
 }
+
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// Flat bytes a device may write: every queue's used ring (if
+/// `used_rings`), and every buffer a descriptor of the queues
+/// `device_writes` (or of an indirect table one of them names) marks
+/// device-writable.
+pub fn writable(
+    mem: &GuestMemory,
+    specs: &[QueueSpec],
+    device_writes: &[usize],
+    used_rings: bool,
+) -> Vec<bool> {
+    let mut allowed = vec![false; MEM_LEN];
+    // Mark [addr, addr + len) region by region (no per-byte walk over the
+    // huge lengths a fuzzer writes).
+    let mut mark = |addr: u64, len: u64| {
+        let end = addr.saturating_add(len);
+        let mut base = 0usize;
+        for (start, size) in REGIONS {
+            let (lo, hi) = (addr.max(start), end.min(start + size as u64));
+            if lo < hi {
+                let from = base + (lo - start) as usize;
+                allowed[from..from + (hi - lo) as usize].fill(true);
+            }
+            base += size;
+        }
+    };
+    if used_rings {
+        for q in specs {
+            mark(q.used_ring, q.used_len());
+        }
+    }
+    // A descriptor past the end of the address space reads as empty (the
+    // device cannot use it either).
+    let desc = |table: u64, i: u64| -> (u64, u32, u16) {
+        let Some(at) = table
+            .checked_add(16 * i)
+            .filter(|a| a.checked_add(16).is_some())
+        else {
+            return (0, 0, 0);
+        };
+        let addr: u64 = mem.read_obj(GuestAddress(at)).unwrap_or(0);
+        let len: u32 = mem.read_obj(GuestAddress(at + 8)).unwrap_or(0);
+        let flags: u16 = mem.read_obj(GuestAddress(at + 12)).unwrap_or(0);
+        (addr, len, flags)
+    };
+    let mut seen = std::collections::HashSet::new();
+    for q in device_writes.iter().filter_map(|&i| specs.get(i)) {
+        for i in 0..u64::from(q.size) {
+            let (addr, len, flags) = desc(q.desc_table, i);
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                // A table must lie in guest memory (at most 8192 entries
+                // in the two adjacent regions); each one is walked once.
+                if !seen.insert((addr, len)) {
+                    continue;
+                }
+                for j in 0..u64::from(len / 16).min(8192) {
+                    let (a, l, f) = desc(addr, j);
+                    if f & VRING_DESC_F_WRITE != 0 {
+                        mark(a, u64::from(l));
+                    }
+                }
+            } else if flags & VRING_DESC_F_WRITE != 0 {
+                mark(addr, u64::from(len));
+            }
+        }
+    }
+    allowed
+}
+
+/// Whether any byte of queue `q`'s used ring is marked in `map` (a
+/// `writable` map without used rings): the guest pointed a buffer at it,
+/// so what reads back there is data, not the device's used entries.
+pub fn used_ring_covered(map: &[bool], q: &QueueSpec) -> bool {
+    (0..q.used_len()).any(|i| flat_index(q.used_ring + i).is_some_and(|f| map[f]))
+}

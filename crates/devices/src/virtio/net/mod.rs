@@ -16,6 +16,8 @@
 //!   (rootless user-mode networking) on one.
 //! - `persist.rs`: the plain serializable state a snapshot needs.
 //! - `metrics.rs`: counters the device keeps while it runs.
+//! - `fuzzing.rs` (tests and the `fuzzing` feature): the harness the
+//!   cargo-fuzz target `virtio_net` and the fuzz-lite test share.
 
 mod backend;
 mod ctrl;
@@ -29,6 +31,8 @@ pub mod stream;
 pub mod tap;
 mod worker;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 

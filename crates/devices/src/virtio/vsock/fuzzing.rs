@@ -22,13 +22,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress};
-
 use super::metrics::VsockMetrics;
 use super::muxer::{Muxer, UdsConnector};
 use super::packet::{HDR_LEN, MAX_PAYLOAD};
 use super::worker::Worker;
-use crate::virtio::fuzz_rings::{self, QueueSpec, MEM_LEN, REGIONS};
+use crate::virtio::fuzz_rings;
 use crate::virtio::GuestMemory;
 
 /// The guest CID the harness's device has.
@@ -37,7 +35,6 @@ pub const GUEST_CID: u64 = 3;
 pub const GUEST_PORT_OK: u32 = 1024;
 
 const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
 
 /// What one input did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,7 +89,7 @@ impl Harness {
             return RunStats::default();
         };
         let (rx, tx) = (specs[0], specs[1]);
-        let allowed = self.writable(&specs);
+        let allowed = fuzz_rings::writable(&self.mem, &specs, &[0], true);
         let before = fuzz_rings::snapshot(&self.mem);
 
         let metrics = Arc::new(VsockMetrics::default());
@@ -145,65 +142,6 @@ impl Harness {
             );
         }
         stats
-    }
-
-    /// Flat bytes the device may write: both used rings, and every buffer
-    /// a descriptor of the RX queue (or of an indirect table it names)
-    /// marks device-writable.
-    fn writable(&self, specs: &[QueueSpec]) -> Vec<bool> {
-        let mut allowed = vec![false; MEM_LEN];
-        // Mark [addr, addr + len) region by region (no per-byte walk over
-        // the huge lengths a fuzzer writes).
-        let mut mark = |addr: u64, len: u64| {
-            let end = addr.saturating_add(len);
-            let mut base = 0usize;
-            for (start, size) in REGIONS {
-                let (lo, hi) = (addr.max(start), end.min(start + size as u64));
-                if lo < hi {
-                    let from = base + (lo - start) as usize;
-                    allowed[from..from + (hi - lo) as usize].fill(true);
-                }
-                base += size;
-            }
-        };
-        for q in specs {
-            mark(q.used_ring, q.used_len());
-        }
-        let rx = specs[0];
-        // A descriptor past the end of the address space reads as empty
-        // (the device cannot use it either).
-        let desc = |table: u64, i: u64| -> (u64, u32, u16) {
-            let Some(at) = table
-                .checked_add(16 * i)
-                .filter(|a| a.checked_add(16).is_some())
-            else {
-                return (0, 0, 0);
-            };
-            let addr: u64 = self.mem.read_obj(GuestAddress(at)).unwrap_or(0);
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 8)).unwrap_or(0);
-            let flags: u16 = self.mem.read_obj(GuestAddress(at + 12)).unwrap_or(0);
-            (addr, len, flags)
-        };
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..u64::from(rx.size) {
-            let (addr, len, flags) = desc(rx.desc_table, i);
-            if flags & VRING_DESC_F_INDIRECT != 0 {
-                // A table must lie in guest memory (at most 8192 entries
-                // in the two adjacent regions); each one is walked once.
-                if !seen.insert((addr, len)) {
-                    continue;
-                }
-                for j in 0..u64::from(len / 16).min(8192) {
-                    let (a, l, f) = desc(addr, j);
-                    if f & VRING_DESC_F_WRITE != 0 {
-                        mark(a, u64::from(l));
-                    }
-                }
-            } else if flags & VRING_DESC_F_WRITE != 0 {
-                mark(addr, u64::from(len));
-            }
-        }
-        allowed
     }
 }
 
