@@ -5,8 +5,9 @@
 //! host the boot goes through the nested rig, where each host tap is one of
 //! L1's NICs, bridged in L1 to the inner VM's tap.
 //!
-//! One boot with two NICs: eth0 (a single-queue tap, a fixed MAC) and eth1
-//! (a multi-queue tap, 2 queue pairs, MTU 4000). Checked: MAC, MTU, link,
+//! One boot with three NICs: eth0 (a single-queue tap, a fixed MAC), eth1
+//! (a multi-queue tap, 2 queue pairs, MTU 4000) and eth2 (limited to
+//! 512 KiB/s each way, which must run slower than eth0). Checked: MAC, MTU, link,
 //! the queue pairs the driver set up, a ping on each NIC, data echoed
 //! intact over TCP (host to guest on both NICs, 8 MiB each way on eth0), and large segments crossing
 //! the tap unsplit (the tap's average frame is larger than an Ethernet
@@ -150,40 +151,58 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 #[test]
-fn two_nics_on_taps_carry_traffic_both_ways_with_offloads_and_queues() {
+fn nics_on_taps_carry_traffic_with_offloads_queues_and_limits() {
     let ns = Netns::new("net");
     ns.tap("vtap0", "10.0.2.1/24", false, None);
     ns.tap("vtap1", "10.0.3.1/24", true, Some(4000));
+    ns.tap("vtap2", "10.0.4.1/24", false, None);
     let host_echo = ns.enter(|| echo_one(TcpListener::bind("10.0.2.1:7000").unwrap()));
 
     let dir = scratch("main");
     let initrd = agent_initrd(&dir);
     let script = "ip link set eth0 up; ip addr add 10.0.2.2/24 dev eth0; \
          ip link set eth1 up; ip addr add 10.0.3.2/24 dev eth1; \
+         ip link set eth2 up; ip addr add 10.0.4.2/24 dev eth2; \
          echo MAC0=$(cat /sys/class/net/eth0/address) MTU1=$(cat /sys/class/net/eth1/mtu); \
          echo QUEUES1=$(ls /sys/class/net/eth1/queues | tr '\\n' ' ') QUEUES0=$(ls /sys/class/net/eth0/queues | tr '\\n' ' '); \
          sleep 1; echo CARRIER0=$(cat /sys/class/net/eth0/carrier); \
          ping -c 2 -W 10 10.0.2.1 >/dev/null && echo PING0-OK; \
          ping -c 2 -W 10 -s 3800 10.0.3.1 >/dev/null && echo PING1-OK; \
-         vireo-agent tcp-echo 7001 2 & sleep 0.5; echo NET-READY; wait $!; \
+         vireo-agent tcp-echo 7001 3 & sleep 0.5; echo NET-READY; wait $!; \
          vireo-agent tcp-send 10.0.2.1:7000 8388608; \
          echo NET-DONE";
     let net1 = "tap=vtap1,queues=2,mtu=4000".to_string();
     let net0 = format!("tap=vtap0,mac={MAC0}");
+    // eth2: 512 KiB/s each way.
+    let net2 = "tap=vtap2,rate=512K".to_string();
     let vireo_bin = env!("CARGO_BIN_EXE_vireo");
     let initrd_s = initrd.display().to_string();
     let mut vm = common::spawn_with(
         "ip",
         &[
             "netns", "exec", &ns.0, vireo_bin, "run", "--cpus", "2", "--initrd", &initrd_s,
-            "--net", &net0, "--net", &net1, "--", "sh", "-c", script,
+            "--net", &net0, "--net", &net1, "--net", &net2, "--", "sh", "-c", script,
         ],
     );
     vm.wait_for("NET-READY", BOOT_TIMEOUT);
     // Host to guest and back, on the multi-queue NIC (1 MiB) and on eth0
     // (8 MiB), intact.
-    for (addr, n) in [("10.0.3.2:7001", 1 << 20), ("10.0.2.2:7001", TRANSFER)] {
+    // The rate-limited eth2 (3 MiB) last. Throughput in bytes per second
+    // of each echo, to compare eth0 with eth2.
+    let mut rates = Vec::new();
+    for (addr, n) in [
+        ("10.0.3.2:7001", 1 << 20),
+        ("10.0.2.2:7001", TRANSFER),
+        ("10.0.4.2:7001", 3 << 20),
+    ] {
+        let start = std::time::Instant::now();
         let back = ns.enter(move || echo_round(addr, n)).join().unwrap();
+        let rate = 2.0 * n as f64 / start.elapsed().as_secs_f64();
+        common::say(&format!(
+            "  echo {addr}: {n} bytes each way, {:.0} KiB/s",
+            rate / 1024.0
+        ));
+        rates.push(rate);
         let expect: Vec<u8> = (0..n).map(pattern).collect();
         assert!(
             back == expect,
@@ -196,6 +215,18 @@ fn two_nics_on_taps_carry_traffic_both_ways_with_offloads_and_queues() {
     std::thread::sleep(Duration::from_secs(2));
     let (_, stderr) = vm.stop_with(libc::SIGTERM, Duration::from_secs(60));
     let all = format!("{seen}\n--- stderr ---\n{stderr}");
+    // The limiter holds eth2 to 512 KiB/s each way (after its first
+    // second's worth): slower than the unlimited eth0.
+    assert!(
+        rates[2] < rates[1],
+        "the rate-limited NIC ({:.0} B/s) is not slower than the unlimited one ({:.0} B/s)",
+        rates[2],
+        rates[1]
+    );
+    assert!(
+        rates[2] < 1.5 * 2.0 * 512.0 * 1024.0,
+        "eth2 beat its limit: {rates:?}"
+    );
     assert!(seen.contains(&format!("MAC0={MAC0}")), "{all}");
     assert!(seen.contains("MTU1=4000"), "{all}");
     assert!(seen.contains("QUEUES1=rx-0 rx-1 tx-0 tx-1"), "{all}");
@@ -334,6 +365,8 @@ fn bad_net_settings_fail_before_boot() {
         ("tap=t0,mac=01:00:00:00:00:01", "multicast"),
         ("tap=t0,queues=17", "queues"),
         ("mac=02:00:00:00:00:01", "tap=NAME or user is required"),
+        ("tap=vireo-absent0", "ip tuntap add vireo-absent0 mode tap"),
+        ("tap=vireo-absent0,queues=2", "mode tap multi_queue"),
     ] {
         let o = vireo(&["run", "--net", spec, "--", "true"], QUICK_TIMEOUT);
         assert_ne!(o.code, Some(0), "{}", o.dump());

@@ -71,7 +71,7 @@ static BANNER: Once = Once::new();
 
 /// Writes a line straight to stderr: libtest captures `eprintln!` of
 /// passing tests, and these lines should show in every run.
-fn say(line: &str) {
+pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 

@@ -299,10 +299,10 @@ pub struct RunArgs {
     /// or on rootless user networking: user[,forward=HOST:GUEST]... (passt
     /// gives the guest DHCP, a gateway and DNS; forward= publishes a host TCP
     /// port, udp:HOST:GUEST a UDP one). Repeat for more NICs (eth0, eth1,
-    /// ... in the guest). An existing tap is used as it is (give it
-    /// addresses or a bridge yourself); a missing one is created for the VM
-    /// (needs root or CAP_NET_ADMIN) and goes with it. queues=N uses N queue
-    /// pairs on a multi-queue tap; rate= and ops= cap each direction
+    /// ... in the guest). The tap must exist (ip tuntap add NAME mode tap;
+    /// give it addresses or a bridge yourself) and is used as it is.
+    /// queues=N uses N queue pairs on a multi-queue tap (ip tuntap add NAME
+    /// mode tap multi_queue); rate= and ops= cap each direction
     #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
     /// virtio transport: pci (the default) or mmio (also chosen when the

@@ -137,6 +137,7 @@ pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     }
     for n in &config.nets {
         net_settings(n, [0x02, 0, 0, 0, 0, 0])?;
+        check_net_backend(n)?;
     }
     if let Some(v) = &config.vsock {
         use devices::virtio::vsock::{Error as VsockError, MIN_GUEST_CID};
@@ -192,6 +193,51 @@ fn net_settings(
     };
     settings.check()?;
     Ok(settings)
+}
+
+/// The host side a NIC names must be there: an existing tap (the nested
+/// rig's inner taps, joined to its bridge, are made by the VM), or passt
+/// installed for user networking.
+fn check_net_backend(n: &crate::config::NetConfig) -> Result<(), Error> {
+    use crate::config::NetBackend;
+    let fail = |reason: String| {
+        Err(Error::NetConfig {
+            tap: n.label().to_string(),
+            reason,
+        })
+    };
+    match &n.backend {
+        NetBackend::Tap(name) if n.l1_bridge.is_none() => {
+            let c = std::ffi::CString::new(name.as_str()).unwrap_or_default();
+            // SAFETY: a NUL-terminated name; the call only reads it.
+            if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+                return fail(format!(
+                    "no such interface in this network namespace; create it first, \
+                     e.g. ip tuntap add {name} mode tap{}",
+                    if n.queues > 1 { " multi_queue" } else { "" }
+                ));
+            }
+        }
+        NetBackend::User { .. } if !on_path("passt") => {
+            return fail(
+                "user networking needs passt, which is not installed (Debian: apt install passt)"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether `program` is an executable file in a PATH directory.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).

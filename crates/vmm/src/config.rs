@@ -107,7 +107,8 @@ pub struct NetConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum NetBackend {
-    /// A host tap: attached to if it exists, else created for the VM.
+    /// A host tap, which must exist (the nested rig's inner ones, with
+    /// `l1_bridge`, are made by the VM).
     Tap(String),
     /// Rootless user-mode networking through passt, with host ports
     /// forwarded to guest ports.

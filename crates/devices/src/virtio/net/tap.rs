@@ -5,9 +5,10 @@
 //! non-blocking. The offloads the guest accepts are set on it with
 //! TUNSETOFFLOAD, so the host kernel hands over large segments unsplit.
 //!
-//! An existing tap is attached to (the usual case: the user created it and
-//! gave it addresses); a missing one is created, lives as long as the VM
-//! and needs CAP_NET_ADMIN, as with QEMU and Firecracker.
+//! An existing tap is attached to (the user created it and gave it
+//! addresses; the VMM refuses a missing one before boot); a missing one
+//! is created here only for the nested rig's inner taps, and lives as long
+//! as the VM.
 
 use std::fs::{File, OpenOptions};
 use std::io;
