@@ -159,7 +159,7 @@ fn nics_on_taps_carry_traffic_with_offloads_queues_and_limits() {
     let host_echo = ns.enter(|| echo_one(TcpListener::bind("10.0.2.1:7000").unwrap()));
 
     let dir = scratch("main");
-    let initrd = agent_initrd(&dir);
+    let initrd = common::agent_initrd(&dir);
     let script = "ip link set eth0 up; ip addr add 10.0.2.2/24 dev eth0; \
          ip link set eth1 up; ip addr add 10.0.3.2/24 dev eth1; \
          ip link set eth2 up; ip addr add 10.0.4.2/24 dev eth2; \
@@ -258,22 +258,6 @@ fn nics_on_taps_carry_traffic_with_offloads_queues_and_limits() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The initrd with vireo-agent in it, in `dir`.
-fn agent_initrd(dir: &Path) -> PathBuf {
-    let initrd = dir.join("initrd.cpio");
-    let g = guest::ensure_default_guest().unwrap();
-    rig::initrd_with_programs(
-        &g.initrd,
-        &[(
-            PathBuf::from(env!("CARGO_BIN_EXE_vireo-agent")),
-            "/bin/vireo-agent",
-        )],
-        &initrd,
-    )
-    .unwrap();
-    initrd
-}
-
 /// A free TCP port on the host's loopback (bound, then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -295,7 +279,7 @@ fn free_port() -> u16 {
 #[test]
 fn user_networking_gives_dhcp_and_forwards_ports() {
     let dir = scratch("user");
-    let initrd = agent_initrd(&dir);
+    let initrd = common::agent_initrd(&dir);
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let host_port = host.local_addr().unwrap().port();
     // Guest to host: one way, every byte checked here.

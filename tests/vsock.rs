@@ -78,17 +78,7 @@ fn vsock_both_directions_many_connections_refusals_and_disconnects() {
         std::io::copy(&mut s, &mut w).unwrap()
     });
 
-    let initrd = dir.join("initrd.cpio");
-    let g = guest::ensure_default_guest().unwrap();
-    rig::initrd_with_programs(
-        &g.initrd,
-        &[(
-            PathBuf::from(env!("CARGO_BIN_EXE_vireo-agent")),
-            "/bin/vireo-agent",
-        )],
-        &initrd,
-    )
-    .unwrap();
+    let initrd = common::agent_initrd(&dir);
     let script = format!(
         "vireo-agent vsock-echo {ECHO_PORT} {HOST_CONNECTIONS} & \
          sleep 0.5; echo VSOCK-READY; wait $!; \

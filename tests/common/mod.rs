@@ -320,3 +320,20 @@ pub fn ext4_image(dir: &std::path::Path, mib: u64, files: &[(&str, &str)]) -> st
     assert!(out.status.success(), "mkfs.ext4: {out:?}");
     img
 }
+
+/// The default guest's initrd with `vireo-agent` added as
+/// /bin/vireo-agent, written into `dir`.
+pub fn agent_initrd(dir: &std::path::Path) -> std::path::PathBuf {
+    let initrd = dir.join("initrd.cpio");
+    let g = guest::ensure_default_guest().unwrap();
+    rig::initrd_with_programs(
+        &g.initrd,
+        &[(
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_vireo-agent")),
+            "/bin/vireo-agent",
+        )],
+        &initrd,
+    )
+    .unwrap();
+    initrd
+}

@@ -274,3 +274,33 @@ pub fn writable(
 pub fn used_ring_covered(map: &[bool], q: &QueueSpec) -> bool {
     (0..q.used_len()).any(|i| flat_index(q.used_ring + i).is_some_and(|f| map[f]))
 }
+
+/// The fuzz-lite loop device tests share: `rounds` inputs, every other one
+/// `seed` and the rest random bytes, each with up to 15 random bytes
+/// changed, from a xorshift generator started at `start` (so a failure
+/// repeats), each given to `run`.
+#[cfg(test)]
+pub fn fuzz_lite(seed: &[u8], rounds: usize, start: u64, mut run: impl FnMut(&[u8])) {
+    let mut x = start;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..rounds {
+        let mut input = if round % 2 == 0 {
+            seed.to_vec()
+        } else {
+            (0..(rnd() % 2000) as usize).map(|_| rnd() as u8).collect()
+        };
+        for _ in 0..(rnd() % 16) {
+            if input.is_empty() {
+                break;
+            }
+            let at = (rnd() as usize) % input.len();
+            input[at] = rnd() as u8;
+        }
+        run(&input);
+    }
+}

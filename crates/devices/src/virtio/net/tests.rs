@@ -588,27 +588,7 @@ fn fuzz_lite_frames_never_break_the_device() {
     assert_eq!(s.rx_used, 2, "{s:?}");
     let s = h.run(&seed(8));
     assert_eq!(s.rx_used, 7, "{s:?}");
-    let seed = seed(8);
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for round in 0..400 {
-        let mut input = if round % 2 == 0 {
-            seed.clone()
-        } else {
-            (0..(rnd() % 2000) as usize).map(|_| rnd() as u8).collect()
-        };
-        for _ in 0..(rnd() % 16) {
-            if input.is_empty() {
-                break;
-            }
-            let at = (rnd() as usize) % input.len();
-            input[at] = rnd() as u8;
-        }
-        h.run(&input);
-    }
+    crate::virtio::fuzz_rings::fuzz_lite(&seed(8), 400, 0x9e37_79b9_7f4a_7c15, |input| {
+        h.run(input);
+    });
 }

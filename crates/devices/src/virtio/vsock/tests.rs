@@ -401,26 +401,7 @@ fn fuzz_lite_packets_never_break_the_device() {
     host_first[0] |= 4;
     let s = h.run(&host_first);
     assert!(s.rx_used >= 2, "{s:?}");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for round in 0..400 {
-        let mut input = if round % 2 == 0 {
-            seed.clone()
-        } else {
-            (0..(rnd() % 2000) as usize).map(|_| rnd() as u8).collect()
-        };
-        for _ in 0..(rnd() % 16) {
-            if input.is_empty() {
-                break;
-            }
-            let at = (rnd() as usize) % input.len();
-            input[at] = rnd() as u8;
-        }
-        h.run(&input);
-    }
+    crate::virtio::fuzz_rings::fuzz_lite(&seed, 400, 0x2545_f491_4f6c_dd1d, |input| {
+        h.run(input);
+    });
 }
