@@ -30,7 +30,7 @@ const KVM_MODULES: &[&str] = &["kvm_amd"];
 /// Modules for the virtio-blk drives that carry the guest's disks into L1,
 /// the virtio-serial port that carries vsock's relay, and the NICs that
 /// carry the host's taps (bridged in L1 to the inner VM's taps).
-const DISK_MODULES: &[&str] = &[
+const DEVICE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_console",
@@ -190,7 +190,7 @@ fn write_base(k: &L1Kernel, busybox: &Path, path: &Path) -> Result<(), RigError>
             ),
         });
     }
-    let wanted: Vec<&str> = KVM_MODULES.iter().chain(DISK_MODULES).copied().collect();
+    let wanted: Vec<&str> = KVM_MODULES.iter().chain(DEVICE_MODULES).copied().collect();
     let (order, missing) = k.index.load_order(&wanted);
     for m in missing {
         eprintln!(

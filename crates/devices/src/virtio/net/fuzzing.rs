@@ -32,8 +32,18 @@ use crate::virtio::fuzz_rings;
 use crate::virtio::served_queue::ServedQueue;
 use crate::virtio::GuestMemory;
 
-/// A backend on a datagram socket pair (frames keep their boundaries).
-struct Pair(UnixDatagram);
+/// A backend on one end of a datagram socket pair (frames keep their
+/// boundaries, and its fd polls like a tap's); the other end sees frames
+/// with their virtio-net header. Also the unit tests' backend.
+pub struct Pair(pub UnixDatagram);
+
+/// A `Pair` backend and the host's end, both non-blocking.
+pub fn pair() -> std::io::Result<(Pair, UnixDatagram)> {
+    let (ours, host) = UnixDatagram::pair()?;
+    ours.set_nonblocking(true)?;
+    host.set_nonblocking(true)?;
+    Ok((Pair(ours), host))
+}
 
 impl Backend for Pair {
     fn raw_fd(&self) -> std::os::unix::io::RawFd {
@@ -94,9 +104,7 @@ impl Harness {
         let trusted = |q: &fuzz_rings::QueueSpec| !fuzz_rings::used_ring_covered(&buffers, q);
         let before = fuzz_rings::snapshot(&self.mem);
 
-        let (ours, host) = UnixDatagram::pair().expect("socket pair");
-        ours.set_nonblocking(true).expect("nonblocking");
-        host.set_nonblocking(true).expect("nonblocking");
+        let (backend, host) = pair().expect("socket pair");
         if host_first {
             for n in [60usize, 1500, 9000] {
                 let mut f = vec![0u8; VNET_HDR_LEN + n];
@@ -109,7 +117,6 @@ impl Harness {
             queue: ServedQueue::new(index, q.queue(event_idx)),
             limiter: RateLimiter::unlimited(),
         };
-        let backend = Pair(ours);
         let ctrl = Ctrl {
             queue: ServedQueue::new(2, cq.queue(event_idx)),
             backends: vec![backend.try_clone_box().expect("clone")],

@@ -4,7 +4,6 @@
 //! network namespace for the tap's own ioctls.
 
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
@@ -14,36 +13,15 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::ctrl::Ctrl;
 use super::features::{self, bit};
 use super::frame::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use super::fuzzing::Pair;
 use super::*;
 use crate::rate_limiter::{BucketConfig, RateLimiter, RateLimiterConfig};
 use crate::virtio::served_queue::ServedQueue;
 use crate::virtio::test_utils::*;
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioDevice};
 
-/// A backend on one end of a datagram socket pair; the test holds the
-/// other end and sees frames with their virtio-net header.
-struct Pair(UnixDatagram);
-
-impl Backend for Pair {
-    fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf)
-    }
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.0.send(frame).map(|_| ())
-    }
-    fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {
-        Ok(Box::new(Pair(self.0.try_clone()?)))
-    }
-}
-
 fn pair() -> (Pair, UnixDatagram) {
-    let (a, b) = UnixDatagram::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (Pair(a), b)
+    super::fuzzing::pair().unwrap()
 }
 
 /// A frame as the host sends it: a zeroed header and `n` payload bytes.

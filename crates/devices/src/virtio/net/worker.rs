@@ -76,6 +76,9 @@ pub struct Worker<B: Backend> {
     rx_frame: Vec<u8>,
     rx_len: Option<usize>,
     rx_charged: bool,
+    /// The chains one frame is being delivered into (kept to reuse its
+    /// allocation from frame to frame).
+    rx_chains: Vec<RxChain>,
     /// The backend may have frames (an edge was seen and no WouldBlock
     /// since).
     readable: bool,
@@ -109,6 +112,7 @@ impl<B: Backend> Worker<B> {
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_len: None,
             rx_charged: false,
+            rx_chains: Vec::new(),
             readable: true,
             tx_blocked: false,
             tx_charged: false,
@@ -257,7 +261,14 @@ impl<B: Backend> Worker<B> {
 
     /// Put the pending frame (`len` bytes) into the chains it needs.
     fn deliver(&mut self, len: usize) -> Delivery {
-        let mut chains: Vec<RxChain> = Vec::new();
+        let mut chains = std::mem::take(&mut self.rx_chains);
+        chains.clear();
+        let delivery = self.deliver_into(len, &mut chains);
+        self.rx_chains = chains;
+        delivery
+    }
+
+    fn deliver_into(&mut self, len: usize, chains: &mut Vec<RxChain>) -> Delivery {
         let mut room = 0u64;
         while room < len as u64 {
             if !self.mergeable && !chains.is_empty() {
@@ -281,7 +292,7 @@ impl<B: Backend> Worker<B> {
                     // every chain taken for it completes empty.
                     NetMetrics::add(&self.metrics.bad_chains, 1);
                     self.rx.queue.add_used(&self.mem, head, 0);
-                    for c in &chains {
+                    for c in chains.iter() {
                         self.rx.queue.add_used(&self.mem, c.head, 0);
                     }
                     return Delivery::Dropped(chains.len() + 1);
@@ -297,7 +308,7 @@ impl<B: Backend> Worker<B> {
         let n = chains.len();
         frame::set_num_buffers(&mut self.rx_frame[..len], n as u16);
         let mut at = 0usize;
-        for c in &chains {
+        for c in chains.iter() {
             let wrote = scatter(&self.mem, &c.segs, &self.rx_frame[at..len]).unwrap_or(0);
             at += wrote;
             self.rx.queue.add_used(&self.mem, c.head, wrote as u32);
