@@ -269,7 +269,17 @@ impl Running {
                 self.seen
             );
             let n = self.stdout.read(&mut buf).unwrap_or(0);
-            assert!(n > 0, "vireo ended before {marker:?}: {}", self.seen);
+            if n == 0 {
+                let status = self.child.wait();
+                let mut stderr = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                panic!(
+                    "vireo ended ({status:?}) before {marker:?}: {}\n--- stderr ---\n{stderr}",
+                    self.seen
+                );
+            }
             self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     }

@@ -10,7 +10,16 @@
 //! vireo-agent vsock-send CID PORT N    connect to CID:PORT, send N pattern bytes,
 //!                                      read the echo; prints "ok N", "refused",
 //!                                      or what went wrong
+//! vireo-agent offloads IFACE            the NIC's offloads, `ethtool -k` style
+//! vireo-agent serve sink|source|echo ENDPOINT
+//!                                      benchmark server, until killed
+//! vireo-agent probe push|pull|rr ENDPOINT N
+//!                                      one timed benchmark test; prints
+//!                                      "ns=.. bytes=.. ops=.." (see probe.rs)
 //! ```
+
+mod offloads;
+mod probe;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -265,7 +274,10 @@ fn push(addr: &str, n: u64) -> String {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vireo-agent vsock-echo PORT COUNT | vsock-send CID PORT BYTES\n       \
-         vireo-agent tcp-echo PORT COUNT | tcp-send ADDR:PORT BYTES | tcp-push ADDR:PORT BYTES"
+         vireo-agent tcp-echo PORT COUNT | tcp-send ADDR:PORT BYTES | tcp-push ADDR:PORT BYTES\n       \
+         vireo-agent serve sink|source|echo ENDPOINT | probe push|pull|rr ENDPOINT N\n       \
+         vireo-agent offloads IFACE\n       \
+         (ENDPOINT: tcp:[HOST:]PORT, vsock:[CID:]PORT or unix:PATH)"
     );
     ExitCode::from(2)
 }
@@ -325,6 +337,61 @@ fn main() -> ExitCode {
             let r = send(|| Vsock::connect(cid as u32, port as u32), n);
             println!("vsock-send {port}: {r}");
             ExitCode::SUCCESS
+        }
+        Some("offloads") => {
+            let Some(iface) = args.get(1) else {
+                return usage();
+            };
+            match offloads::offloads(iface) {
+                Ok(s) => {
+                    println!("offloads {iface}: {s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("offloads {iface}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("serve") => {
+            let (Some(kind), Some(ep)) = (args.get(1), args.get(2)) else {
+                return usage();
+            };
+            let r = kind
+                .parse::<probe::Server>()
+                .and_then(|k| Ok((k, probe::Endpoint::parse(ep)?)));
+            match r {
+                Ok((k, ep)) => served("serve", probe::serve(k, &ep)),
+                Err(e) => {
+                    eprintln!("serve: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("probe") => {
+            let (Some(kind), Some(ep), Some(n)) = (args.get(1), args.get(2), num(3)) else {
+                return usage();
+            };
+            let r = kind
+                .parse::<probe::Probe>()
+                .and_then(|k| Ok((k, probe::Endpoint::parse(ep)?)));
+            let (k, ep) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("probe: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match probe::probe(k, &ep, n) {
+                Ok(r) => {
+                    println!("ns={} bytes={} ops={}", r.ns, r.bytes, r.ops);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("probe {kind} {ep:?}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         _ => usage(),
     }

@@ -13,14 +13,14 @@
 //! Rig times are inflated by emulation: compare the ratios, never quote
 //! them as native figures.
 
-use crate::block_script::{
-    guest_notes, guest_script, l1_script, parse_block_results, L1Plan, RunSamples,
-    GUEST_SCRIPT_PATH,
-};
+use crate::block_script::{guest_script, l1_setup, GUEST_SCRIPT_PATH, TAG};
 use crate::native::{find_qemu, host_load, TempFile};
 use crate::rig_part::{l1_files, qemu_argv_with, vireo_argv_with, with_l1_context, L1_QEMU_DATA};
 use crate::rig_script::{sh_display, ScriptVmm};
 use crate::stats::{summarize, Comparison, MetricRow};
+use crate::suite_script::{
+    guest_notes, initrd_with_script, l1_script, parse_suite_results, L1Plan, RunSamples,
+};
 use crate::BenchError;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ pub enum QemuMachine {
 
 impl QemuMachine {
     /// The `-M` value.
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             QemuMachine::Microvm => "microvm,pcie=on",
             QemuMachine::Q35 => "q35",
@@ -85,7 +85,7 @@ const Q35_FIRMWARE: &[(&str, &[&str])] = &[
 ];
 
 /// Adds q35's firmware to the files for L1's QEMU data directory.
-fn add_q35_firmware(files: &mut Vec<(PathBuf, String)>) -> Result<(), BenchError> {
+pub(crate) fn add_q35_firmware(files: &mut Vec<(PathBuf, String)>) -> Result<(), BenchError> {
     for (name, dirs) in Q35_FIRMWARE {
         let found = dirs
             .iter()
@@ -275,23 +275,6 @@ fn qemu_vmm(random_ops: usize, reps: usize, aio: QemuAio, machine: QemuMachine) 
     }
 }
 
-/// The default guest's initrd followed by an archive with the guest script
-/// (Linux unpacks concatenated archives in order).
-fn initrd_with_script(initrd: &std::path::Path) -> Result<Vec<u8>, BenchError> {
-    let initrd_err = |source| BenchError::Initrd {
-        path: initrd.to_path_buf(),
-        source,
-    };
-    let mut bytes = std::fs::read(initrd).map_err(initrd_err)?;
-    let mut w = guest::cpio::CpioWriter::new(Vec::new());
-    w.dir("/bench", 0o755).map_err(initrd_err)?;
-    w.file(GUEST_SCRIPT_PATH, 0o755, guest_script().as_bytes())
-        .map_err(initrd_err)?;
-    let (overlay, _) = w.finish().map_err(initrd_err)?;
-    bytes.extend_from_slice(&overlay);
-    Ok(bytes)
-}
-
 /// Runs the block benchmark in the nested rig and returns the report.
 pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     if opts.runs == 0 || opts.reps == 0 {
@@ -299,7 +282,10 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     }
     let g = guest::ensure_guest(opts.guest_kernel)?;
     let qemu_bin = find_qemu()?;
-    let initrd = TempFile::write("blk-initrd.cpio", &initrd_with_script(&g.initrd)?)?;
+    let initrd = TempFile::write(
+        "blk-initrd.cpio",
+        &initrd_with_script(&g.initrd, GUEST_SCRIPT_PATH, &guest_script())?,
+    )?;
     let mut files = l1_files(&opts.vireo, &qemu_bin, &g.kernel, &initrd.path)?;
     if opts.qemu_machine == QemuMachine::Q35 {
         add_q35_firmware(&mut files)?;
@@ -309,33 +295,30 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
     let (vireo, qemu) = (vireo_vmm(ops, reps), qemu_vmm(ops, reps, aio, machine));
     let warm_ops = ops.min(WARMUP_RANDOM_OPS);
     let (warm_vireo, warm_qemu) = (vireo_vmm(warm_ops, 1), qemu_vmm(warm_ops, 1, aio, machine));
+    let vmms = [vireo, qemu];
+    let warmups = [warm_vireo, warm_qemu];
     let script = l1_script(&L1Plan {
-        first: &vireo,
-        second: &qemu,
+        tag: TAG,
+        setup: l1_setup(L1_IMAGE, IMAGE_MIB),
+        vmms: &vmms,
         runs: opts.runs,
-        warmup: opts.warmup.then_some((&warm_vireo, &warm_qemu)),
+        warmup: opts.warmup.then_some(&warmups[..]),
         timeout: BOOT_TIMEOUT.saturating_mul(u32::try_from(reps).unwrap_or(u32::MAX)),
-        image: L1_IMAGE,
-        image_mib: IMAGE_MIB,
     });
     let boots = u32::try_from(2 * opts.runs.saturating_mul(reps) + 2).unwrap_or(u32::MAX);
+    let timeout = L1_OVERHEAD + BOOT_TIMEOUT.saturating_mul(boots);
     let out = rig::qemu::run_l1(&rig::qemu::L1Run {
-        script,
-        files,
-        timeout: Some(L1_OVERHEAD + BOOT_TIMEOUT.saturating_mul(boots)),
-        console: rig::qemu::Ttys0::Capture,
         // One 128 MiB guest at a time, the image in tmpfs, and room for
         // L1's page cache and the VMMs themselves.
         guest_memory_mib: 128 + IMAGE_MIB + 256,
-        cpus: 2,
-        forward_log: false,
-        drives: Vec::new(),
-        control: None,
-        vsock_channel: None,
-        nics: Vec::new(),
+        ..rig::qemu::L1Run::script(script, files, timeout)
     })?;
-    let [v, q] = parse_block_results(&out.stdout, ["vireo", "qemu"])
+    let mut parsed = parse_suite_results(&out.stdout, TAG, &["vireo", "qemu"])
         .map_err(|e| with_l1_context(e, &out))?;
+    let (q, v) = (
+        parsed.pop().unwrap_or_default(),
+        parsed.pop().unwrap_or_default(),
+    );
 
     let mut report = String::new();
     let _ = writeln!(
@@ -364,8 +347,8 @@ pub fn run_block_bench(opts: &BlockBenchOptions) -> Result<String, BenchError> {
         report,
         "  times are inflated by emulation: compare the ratios, never quote them as native times"
     );
-    let _ = writeln!(report, "  vireo: {}", sh_display(&vireo.argv));
-    let _ = writeln!(report, "  qemu:  {}", sh_display(&qemu.argv));
+    let _ = writeln!(report, "  vireo: {}", sh_display(&vmms[0].argv));
+    let _ = writeln!(report, "  qemu:  {}", sh_display(&vmms[1].argv));
     for note in guest_notes(&out.stdout) {
         let _ = writeln!(report, "  guest on {note}");
     }

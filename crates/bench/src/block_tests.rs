@@ -1,7 +1,7 @@
 //! Tests for the block benchmark's command lines, guest initrd and tables.
 
 use super::*;
-use crate::block_script::TestSample;
+use crate::suite_script::TestSample;
 
 fn arg_after<'a>(argv: &'a [String], flag: &str) -> &'a str {
     let i = argv.iter().position(|a| a == flag).expect("flag present");
@@ -39,21 +39,6 @@ fn qemu_aio_and_machine_choices() {
     assert_eq!("q35".parse(), Ok(QemuMachine::Q35));
     assert_eq!("microvm".parse(), Ok(QemuMachine::Microvm));
     assert!("pc".parse::<QemuMachine>().is_err());
-}
-
-#[test]
-fn initrd_gets_the_guest_script_appended() {
-    let dir = std::env::temp_dir().join(format!("vireo-blk-initrd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let base = dir.join("initrd.cpio");
-    std::fs::write(&base, b"BASE-ARCHIVE").expect("write");
-    let bytes = initrd_with_script(&base).expect("builds");
-    assert!(bytes.starts_with(b"BASE-ARCHIVE"));
-    let rest = String::from_utf8_lossy(&bytes[12..]).into_owned();
-    assert!(rest.starts_with("070701"), "a newc archive follows");
-    assert!(rest.contains("bench/blk.sh") && rest.contains("BLK-DONE"));
-    assert!(initrd_with_script(&dir.join("missing")).is_err());
-    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
 fn sample(secs: f64, bytes: u64, ops: u64) -> TestSample {

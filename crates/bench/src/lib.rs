@@ -7,6 +7,12 @@
 //!   compares the two booting the default Debian guest inside the nested rig
 //!   (`rig_part`).
 //!
+//! * [`run_net_bench`] compares TCP and vsock throughput and TCP latency
+//!   on Vireo's virtio-net and virtio-vsock against QEMU's (userspace and
+//!   vhost-net, vhost-vsock) inside the nested rig (`net`, `net_script`).
+//! * The block and net benchmarks share one L1 script that boots a guest
+//!   test suite with each VMM in turn (`suite_script`).
+//!
 //! * [`run_block_bench`] compares guest `dd` throughput and IOPS on
 //!   Vireo's virtio-blk against QEMU's inside the nested rig (`block`,
 //!   `block_script`).
@@ -20,9 +26,12 @@ mod block_script;
 mod guest_elf;
 mod measure;
 mod native;
+mod net;
+mod net_script;
 mod rig_part;
 mod rig_script;
 mod stats;
+mod suite_script;
 
 pub use block::{
     run_block_bench, BlockBenchOptions, QemuAio, QemuMachine, BLOCK_DEFAULT_RANDOM_OPS,
@@ -30,6 +39,10 @@ pub use block::{
 };
 pub use guest_elf::{minimal_guest_elf, MARKER};
 pub use measure::{RunSample, VmmCommand};
+pub use net::{
+    run_net_bench, NetBenchOptions, NET_DEFAULT_MIB, NET_DEFAULT_REPS, NET_DEFAULT_RR,
+    NET_DEFAULT_RUNS,
+};
 pub use rig_part::RIG_MAX_RUNS;
 
 use std::path::PathBuf;
@@ -64,12 +77,14 @@ impl Default for BootBenchOptions {
 pub enum BenchError {
     #[error("benchmark needs at least one run per VMM")]
     NoRuns,
+    #[error("vireo-agent not found at {path} (build it with `cargo build --release`, or pass --agent PATH)")]
+    AgentNotFound { path: PathBuf },
     #[error("cannot write temporary file {path}: {source}")]
     TempFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot build the block benchmark's guest initrd from {path}: {source}")]
+    #[error("cannot build the benchmark's guest initrd from {path}: {source}")]
     Initrd {
         path: PathBuf,
         source: std::io::Error,

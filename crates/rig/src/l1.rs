@@ -29,7 +29,8 @@ const KVM_MODULES: &[&str] = &["kvm_amd"];
 
 /// Modules for the virtio-blk drives that carry the guest's disks into L1,
 /// the virtio-serial port that carries vsock's relay, and the NICs that
-/// carry the host's taps (bridged in L1 to the inner VM's taps).
+/// carry the host's taps (bridged in L1 to the inner VM's taps); vhost-net
+/// and vhost-vsock for the QEMU that `vireo bench net` compares with.
 const DEVICE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -37,9 +38,11 @@ const DEVICE_MODULES: &[&str] = &[
     "virtio_net",
     "tun",
     "bridge",
+    "vhost_net",
+    "vhost_vsock",
 ];
 
-const RECIPE_VERSION: &str = "rig-l1-recipe-5";
+const RECIPE_VERSION: &str = "rig-l1-recipe-6";
 
 /// The Debian flavour L1 falls back to when the cloud kernel lacks KVM.
 const STANDARD_FLAVOUR: &str = "amd64";

@@ -179,19 +179,11 @@ pub fn run_l1_script(
     files: &[(PathBuf, String)],
     timeout: Duration,
 ) -> Result<L1Output, RigError> {
-    qemu::run_l1(&qemu::L1Run {
-        script: script.to_string(),
-        files: files.to_vec(),
-        timeout: Some(timeout),
-        console: qemu::Ttys0::Capture,
-        guest_memory_mib: 0,
-        cpus: 2,
-        forward_log: false,
-        drives: Vec::new(),
-        control: None,
-        vsock_channel: None,
-        nics: Vec::new(),
-    })
+    qemu::run_l1(&qemu::L1Run::script(
+        script.to_string(),
+        files.to_vec(),
+        timeout,
+    ))
 }
 
 #[cfg(test)]

@@ -69,6 +69,27 @@ pub struct L1Run {
     pub nics: Vec<L1Nic>,
 }
 
+impl L1Run {
+    /// A run of `script` alone: its console captured, 2 vCPUs, no drives,
+    /// channels or NICs, no room reserved for VMs (set the fields that
+    /// differ on the result).
+    pub fn script(script: String, files: Vec<(PathBuf, String)>, timeout: Duration) -> L1Run {
+        L1Run {
+            script,
+            files,
+            timeout: Some(timeout),
+            console: Ttys0::Capture,
+            guest_memory_mib: 0,
+            cpus: 2,
+            forward_log: false,
+            drives: Vec::new(),
+            control: None,
+            vsock_channel: None,
+            nics: Vec::new(),
+        }
+    }
+}
+
 /// A host network backend that becomes one of L1's NICs; L1 finds it by
 /// `mac`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -247,6 +247,37 @@ pub enum BenchCommand {
         #[arg(long)]
         no_warmup: bool,
     },
+    /// Network: TCP throughput both ways, TCP request/response latency and
+    /// vsock throughput on Vireo's virtio-net and virtio-vsock vs QEMU's
+    /// virtio-net-pci (userspace and vhost-net) and vhost-vsock, in the
+    /// nested emulation rig (several minutes)
+    Net {
+        /// Measured boots per VMM (rotating order)
+        #[arg(long, default_value_t = bench::NET_DEFAULT_RUNS)]
+        runs: usize,
+        /// Repetitions of every test per boot (each one a sample)
+        #[arg(long, default_value_t = bench::NET_DEFAULT_REPS)]
+        reps: usize,
+        /// MiB per throughput test
+        #[arg(long, default_value_t = bench::NET_DEFAULT_MIB)]
+        mib: u64,
+        /// Round trips in the latency test
+        #[arg(long, default_value_t = bench::NET_DEFAULT_RR)]
+        round_trips: u64,
+        /// vireo-agent, which runs the probes and servers [default: beside
+        /// this vireo binary]
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// QEMU's machine: microvm (with PCIe, qboot) or q35 (SeaBIOS)
+        #[arg(long, default_value = "microvm")]
+        qemu_machine: bench::QemuMachine,
+        /// The guest kernel every VMM boots: cloud or standard
+        #[arg(long, default_value = "cloud")]
+        guest_kernel: guest::GuestKernel,
+        /// Skip the warm-up boots
+        #[arg(long)]
+        no_warmup: bool,
+    },
 }
 
 #[derive(Args)]

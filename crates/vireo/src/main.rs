@@ -124,6 +124,26 @@ fn bench(cmd: BenchCommand) -> ExitCode {
             qemu_machine,
             guest_kernel,
         }),
+        BenchCommand::Net {
+            runs,
+            reps,
+            mib,
+            round_trips,
+            agent,
+            qemu_machine,
+            guest_kernel,
+            no_warmup,
+        } => bench::run_net_bench(&bench::NetBenchOptions {
+            runs,
+            reps,
+            mib,
+            rr: round_trips,
+            warmup: !no_warmup,
+            vireo,
+            agent,
+            qemu_machine,
+            guest_kernel,
+        }),
     };
     match result {
         Ok(table) => {

@@ -514,9 +514,17 @@ impl Muxer {
             };
             if got == 0 {
                 if c.host_eof {
-                    // The host will send no more.
+                    // The host will send no more: tell the guest now (put
+                    // back on `ready`, it could miss this turn, and nothing
+                    // would wake the device for it).
                     c.owed.shutdown = SHUTDOWN_SEND;
-                    self.mark_ready(key);
+                    if let Some((op, flags)) = c.take_owed() {
+                        let hdr = c.header(guest_cid, op, 0, flags);
+                        if c.has_rx() {
+                            self.mark_ready(key);
+                        }
+                        return Some(hdr);
+                    }
                 }
                 continue;
             }

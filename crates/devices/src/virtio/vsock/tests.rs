@@ -132,6 +132,22 @@ impl<'a> Guest<'a> {
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(2));
             self.worker.run_once();
+            self.collect(&mut out);
+        }
+        out
+    }
+
+    /// The packets one round of the worker delivers: what the device
+    /// thread sends before it sleeps until the next event.
+    fn recv_one_round(&mut self) -> Vec<(Header, Vec<u8>)> {
+        let mut out = Vec::new();
+        self.worker.run_once();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect(&mut self, out: &mut Vec<(Header, Vec<u8>)>) {
+        {
             while self.seen < self.rx.used_idx() {
                 let (id, len) = self.rx.used(self.seen);
                 self.seen += 1;
@@ -145,7 +161,6 @@ impl<'a> Guest<'a> {
                 self.post_rx(1);
             }
         }
-        out
     }
 }
 
@@ -234,6 +249,31 @@ fn guest_initiated_reaches_path_port_and_a_refused_port_gets_rst() {
     assert_eq!(ops, [op::RW, op::SHUTDOWN], "{pkts:?}");
     assert_eq!(pkts[0].1, b"pong");
     assert_eq!(pkts[1].0.flags, SHUTDOWN_SEND);
+
+    // A guest that only sends (a bulk push) and half-closes: the host
+    // reads it all and closes; the SHUTDOWN reaches the guest in the same
+    // round the device sees the EOF, without waiting for another event.
+    g.send(g.hdr(40002, 5000, op::REQUEST, 0), &[]);
+    assert_eq!(g.recv()[0].0.op, op::RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let chunk = vec![7u8; 32 * 1024];
+    for _ in 0..4 {
+        g.send(g.hdr(40002, 5000, op::RW, chunk.len() as u32), &chunk);
+    }
+    let mut shut = g.hdr(40002, 5000, op::SHUTDOWN, 0);
+    shut.flags = SHUTDOWN_SEND;
+    g.send(shut, &[]);
+    g.recv();
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 4 * chunk.len());
+    drop(host);
+    std::thread::sleep(Duration::from_millis(20));
+    let pkts = g.recv_one_round();
+    let ops: Vec<u16> = pkts.iter().map(|p| p.0.op).collect();
+    assert_eq!(ops, [op::SHUTDOWN], "{pkts:?}");
+    assert_eq!(pkts[0].0.flags, SHUTDOWN_SEND);
 
     // Nobody listens on port 5001.
     g.send(g.hdr(40001, 5001, op::REQUEST, 0), &[]);
