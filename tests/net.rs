@@ -126,8 +126,9 @@ fn echo_one(listener: TcpListener) -> u64 {
     n
 }
 
-/// Send `n` pattern bytes to `addr` and read the echo back.
-fn echo_round(addr: &str, n: usize) -> Vec<u8> {
+/// Send `n` pattern bytes to `addr` and read the echo back; an error says
+/// how far it got and what TCP saw.
+fn echo_round(addr: &str, n: usize) -> Result<Vec<u8>, String> {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut w = s.try_clone().unwrap();
@@ -142,14 +143,35 @@ fn echo_round(addr: &str, n: usize) -> Vec<u8> {
         // What TCP saw, to tell a stalled device from a stalled connection.
         let ss = Command::new("ss").args(["-tinm"]).output();
         let ss = ss.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        panic!(
+        return Err(format!(
             "{addr}: {e} after {} of {n} bytes echoed\n{}",
             back.len(),
             ss.unwrap_or_default()
-        );
+        ));
     }
     writer.join().unwrap();
-    back
+    Ok(back)
+}
+
+/// The echo's bytes, or the test fails with the echo's error and what
+/// vireo said (a guest that died says so on vireo's stderr).
+fn echoed(vm: &mut common::Running, r: Result<Vec<u8>, String>) -> Vec<u8> {
+    let e = match r {
+        Ok(b) => return b,
+        Err(e) => e,
+    };
+    let pid = i32::try_from(vm.child.id()).expect("pid fits i32");
+    // SAFETY: signalling our own, not yet reaped, child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = vm.child.wait();
+    let mut stderr = String::new();
+    if let Some(mut err) = vm.child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    panic!(
+        "{e}\nvireo ({status:?}) stderr:\n{stderr}\nguest output:\n{}",
+        vm.seen
+    );
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -160,19 +182,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// The tests that boot a guest take turns. Two nested rigs at once on a
-/// 2-core host starve each other; in such runs (and with the host's CPUs
-/// otherwise busy) the rate-limited echo below stalled now and then with
-/// every byte the host sent acknowledged and nothing more coming back.
-static RIG_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rig_turn() -> std::sync::MutexGuard<'static, ()> {
-    RIG_TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn nics_on_taps_carry_traffic_with_offloads_queues_and_limits() {
-    let _turn = rig_turn();
     let ns = Netns::new("net");
     ns.tap("vtap0", "10.0.2.1/24", false, None);
     ns.tap("vtap1", "10.0.3.1/24", true, Some(4000));
@@ -218,7 +229,8 @@ fn nics_on_taps_carry_traffic_with_offloads_queues_and_limits() {
         ("10.0.4.2:7001", 3 << 20),
     ] {
         let start = std::time::Instant::now();
-        let back = ns.enter(move || echo_round(addr, n)).join().unwrap();
+        let r = ns.enter(move || echo_round(addr, n)).join().unwrap();
+        let back = echoed(&mut vm, r);
         let rate = 2.0 * n as f64 / start.elapsed().as_secs_f64();
         common::say(&format!(
             "  echo {addr}: {n} bytes each way, {:.0} KiB/s",
@@ -313,7 +325,6 @@ fn free_port() -> u16 {
 /// only part of that path that terminates TCP (see docs/virtio-net.md).
 #[test]
 fn user_networking_gives_dhcp_and_forwards_ports() {
-    let _turn = rig_turn();
     let dir = scratch("user");
     let initrd = common::agent_initrd(&dir);
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -341,7 +352,8 @@ fn user_networking_gives_dhcp_and_forwards_ports() {
         "run", "--initrd", &initrd_s, "--net", &net, "--", "sh", "-c", &script,
     ]);
     vm.wait_for("USER-READY", BOOT_TIMEOUT);
-    let back = echo_round(&format!("127.0.0.1:{fwd}"), USER_TRANSFER);
+    let r = echo_round(&format!("127.0.0.1:{fwd}"), USER_TRANSFER);
+    let back = echoed(&mut vm, r);
     let expect: Vec<u8> = (0..USER_TRANSFER).map(pattern).collect();
     assert!(
         back == expect,

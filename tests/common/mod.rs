@@ -90,6 +90,39 @@ pub fn announce_path() {
     });
 }
 
+/// The VMs a test binary boots take turns: on this project's 2-core
+/// hosts each stock guest runs in the nested rig (2 emulated CPUs), and two
+/// at once starve each other. Under such load guests were seen to die
+/// mid-run (a triple fault in the rig, with no panic on the console).
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+thread_local! {
+    /// This thread holds `TURN` (a test may start `vireo ctl` while its
+    /// own VM runs).
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This thread's turn to run a VM, until dropped; nested turns on one
+/// thread are free.
+pub struct Turn(Option<std::sync::MutexGuard<'static, ()>>);
+
+pub fn vm_turn() -> Turn {
+    if HOLDING.with(|h| h.get()) {
+        return Turn(None);
+    }
+    let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    HOLDING.with(|h| h.set(true));
+    Turn(Some(guard))
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            HOLDING.with(|h| h.set(false));
+        }
+    }
+}
+
 /// Runs `vireo ARGS` with no stdin and waits at most `timeout`; a run that
 /// takes longer is killed (its QEMU dies with it) and fails the test.
 pub fn vireo(args: &[&str], timeout: Duration) -> Outcome {
@@ -142,6 +175,8 @@ fn run_vireo(
     signal: Option<(Duration, i32)>,
 ) -> (Outcome, Vec<i32>) {
     announce_path();
+    // Runs that boot a guest wait for their turn.
+    let _turn = (args.first() == Some(&"run")).then(vm_turn);
     let mut signal = signal;
     let mut children = Vec::new();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -220,6 +255,8 @@ pub struct Running {
     stdout: std::process::ChildStdout,
     /// Everything read from stdout so far.
     pub seen: String,
+    /// Declared last: released after the VM is gone.
+    _turn: Turn,
 }
 
 /// Start `vireo ARGS` with no stdin, stdout and stderr piped.
@@ -230,6 +267,7 @@ pub fn spawn(args: &[&str]) -> Running {
 /// [`spawn`] through another program that runs vireo (`ip netns exec`).
 pub fn spawn_with(program: &str, args: &[&str]) -> Running {
     announce_path();
+    let turn = vm_turn();
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -242,6 +280,7 @@ pub fn spawn_with(program: &str, args: &[&str]) -> Running {
         child,
         stdout,
         seen: String::new(),
+        _turn: turn,
     }
 }
 

@@ -69,6 +69,16 @@ impl RateLimiterConfig {
         }
     }
 
+    /// These settings with `patch` applied, Firecracker's PATCH semantics:
+    /// a bucket the patch names replaces ours (one with size or refill
+    /// time 0 turns that limit off), a bucket it leaves out stays.
+    pub fn patched(&self, patch: &RateLimiterConfig) -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: patch.bandwidth.or(self.bandwidth),
+            ops: patch.ops.or(self.ops),
+        }
+    }
+
     /// Whether any bucket limits anything.
     pub fn is_limited(&self) -> bool {
         [self.bandwidth, self.ops]
@@ -147,6 +157,37 @@ impl TokenBucket {
     }
 }
 
+/// A timerfd whose read does not block when it has not fired.
+fn new_timer() -> std::io::Result<TimerFd> {
+    let t = TimerFd::new()?;
+    let fd = t.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(t)
+}
+
+/// Settings for a running device's limiters, handed from the VMM's thread
+/// to the worker thread that owns the limiters, which takes them between
+/// steps (the device wakes it).
+#[derive(Debug, Default)]
+pub struct LimitsMailbox<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> LimitsMailbox<T> {
+    /// Leave new settings (replacing any not yet taken).
+    pub fn post(&self, limits: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+    }
+
+    /// The settings left since the last take, if any.
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// Which of a limiter's buckets held a request back (for metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Throttled {
@@ -174,7 +215,7 @@ impl RateLimiter {
         let ops = config.ops.and_then(|b| TokenBucket::new(&b, now));
         let timer = match (&bandwidth, &ops) {
             (None, None) => None,
-            _ => Some(TimerFd::new()?),
+            _ => Some(new_timer()?),
         };
         Ok(RateLimiter {
             bandwidth,
@@ -182,6 +223,35 @@ impl RateLimiter {
             timer,
             blocked: false,
         })
+    }
+
+    /// Like [`RateLimiter::new`], with a timerfd even when `config` does
+    /// not limit, so [`RateLimiter::reconfigure`] can add limits later
+    /// without the device polling a new fd.
+    pub fn reconfigurable(config: &RateLimiterConfig) -> std::io::Result<RateLimiter> {
+        let mut l = RateLimiter::new(config)?;
+        if l.timer.is_none() {
+            l.timer = Some(new_timer()?);
+        }
+        Ok(l)
+    }
+
+    /// New settings from now on (the buckets start full); a request held
+    /// back is tried again at once.
+    pub fn reconfigure(&mut self, config: &RateLimiterConfig) -> std::io::Result<()> {
+        let now = Instant::now();
+        let bandwidth = config.bandwidth.and_then(|b| TokenBucket::new(&b, now));
+        let ops = config.ops.and_then(|b| TokenBucket::new(&b, now));
+        if self.timer.is_none() && (bandwidth.is_some() || ops.is_some()) {
+            self.timer = Some(new_timer()?);
+        }
+        if let Some(t) = &mut self.timer {
+            t.clear()?;
+        }
+        self.bandwidth = bandwidth;
+        self.ops = ops;
+        self.blocked = false;
+        Ok(())
     }
 
     /// A limiter that lets everything through.
@@ -237,7 +307,8 @@ impl RateLimiter {
     }
 
     /// The timerfd fired (the device read it through `timer_fd`): requests
-    /// may be tried again.
+    /// may be tried again. (The read never blocks: the timerfd is
+    /// non-blocking, so a stale wake-up costs nothing.)
     pub fn on_timer(&mut self) {
         if let Some(timer) = &mut self.timer {
             let _ = timer.wait();
@@ -339,10 +410,23 @@ mod tests {
         assert!(l.is_blocked());
         // Blocked until the timer fires (about 500 ms for one op).
         assert!(l.consume(0, 0).is_err());
+        wait_readable(l.timer_fd().unwrap());
         l.on_timer();
         assert!(!l.is_blocked());
         assert_eq!(l.consume(1, (1 << 20) - 8192), Ok(()));
         assert_eq!(l.consume(0, 1 << 19), Err(Throttled::Bandwidth));
+    }
+
+    /// Wait (up to 5 s) for the device's timer to fire, as its epoll does.
+    fn wait_readable(fd: RawFd) {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        assert_eq!(n, 1, "the timer did not fire");
     }
 
     #[test]
@@ -361,6 +445,44 @@ mod tests {
         assert!(RateLimiterConfig::per_second(0, 5).is_limited());
         let mut u = RateLimiter::unlimited();
         assert_eq!(u.consume(1, 1), Ok(()));
+    }
+
+    #[test]
+    fn reconfiguring_releases_a_held_request_and_applies_new_limits() {
+        let slow = RateLimiterConfig::per_second(1000, 0);
+        let mut l = RateLimiter::reconfigurable(&RateLimiterConfig::default()).expect("limiter");
+        assert!(l.timer_fd().is_some(), "a timer to add limits later");
+        assert!(l.consume(1, 1 << 20).is_ok(), "unlimited at first");
+        l.reconfigure(&slow).expect("reconfigure");
+        assert!(l.consume(1, 1000).is_ok());
+        assert!(l.consume(1, 1000).is_err(), "1000 B/s holds the next KB");
+        assert!(l.is_blocked());
+        // A stale timer wake-up does not block the device thread.
+        l.on_timer();
+        l.consume(1, 1000).expect_err("still short");
+        // Lifting the limit lets the held request go at once.
+        let lifted = slow.patched(&RateLimiterConfig {
+            bandwidth: Some(BucketConfig::default()),
+            ops: None,
+        });
+        assert!(!lifted.is_limited());
+        l.reconfigure(&lifted).expect("reconfigure");
+        assert!(!l.is_blocked());
+        assert!(l.consume(1, 1 << 30).is_ok());
+    }
+
+    #[test]
+    fn a_patch_replaces_only_the_buckets_it_names() {
+        let both = RateLimiterConfig::per_second(1000, 10);
+        let p = both.patched(&RateLimiterConfig::per_second(5000, 0));
+        assert_eq!(p.bandwidth.map(|b| b.size), Some(5000));
+        assert_eq!(p.ops, both.ops);
+        assert_eq!(both.patched(&RateLimiterConfig::default()), both);
+        let mailbox = LimitsMailbox::default();
+        assert_eq!(mailbox.take(), None::<u32>);
+        mailbox.post(1);
+        mailbox.post(2);
+        assert_eq!((mailbox.take(), mailbox.take()), (Some(2), None));
     }
 
     #[test]

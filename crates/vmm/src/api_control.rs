@@ -116,10 +116,6 @@ impl Controller {
                 not_yet("memory hotplug (virtio-mem)", 7)
             }
             ApiRequest::CreateSnapshot(_) | ApiRequest::LoadSnapshot(_) => not_yet("snapshots", 8),
-            ApiRequest::PatchNetworkInterface(_) => not_yet(
-                "changing a network interface's rate limiters at run time",
-                6,
-            ),
             ApiRequest::PatchPmem(_) => bad("virtio-pmem is not supported by Vireo"),
             _ => return None,
         })
@@ -169,6 +165,19 @@ impl Controller {
                 if p.rate_limiter.is_some() {
                     d.rate_limiter = p.rate_limiter;
                 }
+            }
+            ApiRequest::PatchNetworkInterface(p) => {
+                let Some(n) = c
+                    .network_interfaces
+                    .iter_mut()
+                    .find(|n| n.iface_id == p.iface_id)
+                else {
+                    return Preboot::Reply(bad(format!(
+                        "network interface {:?} does not exist; PUT /network-interfaces/{0} first",
+                        p.iface_id
+                    )));
+                };
+                patch_interface(n, &p);
             }
             ApiRequest::PutSerial(s) => c.serial = Some(s),
             ApiRequest::PutLogger(l) => {
@@ -245,6 +254,35 @@ impl Controller {
                     ApiResponse::no_content()
                 }
             },
+            ApiRequest::PatchNetworkInterface(p) => {
+                let rx = p
+                    .rx_rate_limiter
+                    .as_ref()
+                    .map(crate::resources::rate_limiter);
+                let tx = p
+                    .tx_rate_limiter
+                    .as_ref()
+                    .map(crate::resources::rate_limiter);
+                match vm.patch_net_rate_limiters(&p.iface_id, rx.as_ref(), tx.as_ref()) {
+                    Ok(_) => {
+                        crate::vlog!(
+                            Level::Info,
+                            "network interface {}: new rate limiters",
+                            p.iface_id
+                        );
+                        if let Some(n) = self
+                            .config
+                            .network_interfaces
+                            .iter_mut()
+                            .find(|n| n.iface_id == p.iface_id)
+                        {
+                            patch_interface(n, &p);
+                        }
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => bad(format!("network interface {}: {e}", p.iface_id)),
+                }
+            }
             ApiRequest::PatchDrive(p) => {
                 if p.rate_limiter.is_some() {
                     return bad("drives.rate_limiter: block rate limiting is not supported by this version of Vireo yet");
@@ -271,6 +309,17 @@ impl Controller {
             _ => bad(AFTER_START),
         }
     }
+}
+
+/// A network interface's configuration with a PATCH's rate limiters
+/// applied (buckets the PATCH leaves out stay).
+fn patch_interface(
+    n: &mut api::models::NetworkInterface,
+    p: &api::models::PartialNetworkInterface,
+) {
+    use api::models::patch_limiter;
+    n.rx_rate_limiter = patch_limiter(&n.rx_rate_limiter, &p.rx_rate_limiter);
+    n.tx_rate_limiter = patch_limiter(&n.tx_rate_limiter, &p.tx_rate_limiter);
 }
 
 /// Firecracker's log levels as the logger's.

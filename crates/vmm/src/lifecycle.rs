@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use devices::rate_limiter::RateLimiterConfig;
 use devices::virtio::device_type;
 
 use crate::builder::Vm;
@@ -164,6 +165,35 @@ impl Vm {
         drop(t);
         self.config.disks[index].path = path.to_path_buf();
         Ok(())
+    }
+
+    /// New receive and transmit rate limiters for network interface `id`
+    /// while the VM runs, each patched over the current one (a bucket the
+    /// patch leaves out stays); returns the limiters now in force.
+    pub fn patch_net_rate_limiters(
+        &mut self,
+        id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(RateLimiterConfig, RateLimiterConfig), String> {
+        let index = self
+            .config
+            .nets
+            .iter()
+            .position(|n| n.id.as_deref() == Some(id))
+            .ok_or_else(|| format!("network interface {id:?} does not exist"))?;
+        // The devices are the disks, then the NICs (see the builder).
+        let transport = self
+            .virtio
+            .get(self.config.disks.len() + index)
+            .ok_or_else(|| format!("network interface {id:?} has no device"))?;
+        let now = devices::bus::lock(transport)
+            .device_mut()
+            .patch_rate_limiters(rx, tx)?;
+        let net = &mut self.config.nets[index];
+        net.rx_rate_limiter = Some(now.0);
+        net.tx_rate_limiter = Some(now.1);
+        Ok(now)
     }
 
     /// Press Ctrl-Alt-Del on the guest's keyboard (a stock guest reboots,

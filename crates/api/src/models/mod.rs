@@ -34,7 +34,7 @@ pub use machine::{
 };
 pub use net::{MmdsConfig, MmdsVersion, NetworkInterface, PartialNetworkInterface};
 pub use observability::{LogLevel, Logger, Metrics};
-pub use rate_limiter::{RateLimiter, TokenBucket};
+pub use rate_limiter::{patch_limiter, RateLimiter, TokenBucket};
 pub use snapshot::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotHugePages,
     SnapshotLoadParams, SnapshotType, VsockOverride,

@@ -32,6 +32,29 @@ pub struct RateLimiter {
     pub ops: Option<TokenBucket>,
 }
 
+impl RateLimiter {
+    /// This limiter with `patch` applied (Firecracker's PATCH): a bucket
+    /// the patch names replaces ours, one it leaves out stays.
+    pub fn patched(&self, patch: &RateLimiter) -> RateLimiter {
+        RateLimiter {
+            bandwidth: patch.bandwidth.clone().or_else(|| self.bandwidth.clone()),
+            ops: patch.ops.clone().or_else(|| self.ops.clone()),
+        }
+    }
+}
+
+/// `old` (if any) patched by `patch` (if any).
+pub fn patch_limiter(
+    old: &Option<RateLimiter>,
+    patch: &Option<RateLimiter>,
+) -> Option<RateLimiter> {
+    match (old, patch) {
+        (Some(o), Some(p)) => Some(o.patched(p)),
+        (None, Some(p)) => Some(p.clone()),
+        (o, None) => o.clone(),
+    }
+}
+
 impl Validate for RateLimiter {
     fn validate(&self) -> Result<(), FieldError> {
         validate_opt("bandwidth", &self.bandwidth)?;

@@ -115,6 +115,12 @@ impl DeviceThread {
         self.pause.release();
     }
 
+    /// Wake the worker for a look at what the device left for it (new
+    /// settings); it carries on as before.
+    pub fn nudge(&self) {
+        let _ = self.wake.write(1);
+    }
+
     /// Ask the worker to park and wait up to `timeout` until it has.
     pub fn park(&self, timeout: Duration) -> bool {
         self.pause.request();

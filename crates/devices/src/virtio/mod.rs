@@ -145,6 +145,22 @@ pub trait VirtioDevice: Send {
     fn replace_backing(&mut self, _path: &std::path::Path) -> Result<(), String> {
         Err("this device has no backing file".into())
     }
+    /// New receive and transmit rate limiters from now on, each patched
+    /// over the current one (see `RateLimiterConfig::patched`); returns
+    /// the settings in force. Devices without such limiters refuse.
+    fn patch_rate_limiters(
+        &mut self,
+        _rx: Option<&crate::rate_limiter::RateLimiterConfig>,
+        _tx: Option<&crate::rate_limiter::RateLimiterConfig>,
+    ) -> Result<
+        (
+            crate::rate_limiter::RateLimiterConfig,
+            crate::rate_limiter::RateLimiterConfig,
+        ),
+        String,
+    > {
+        Err("this device has no receive and transmit rate limiters".into())
+    }
     /// The device's counters for metrics: (name, value) pairs.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

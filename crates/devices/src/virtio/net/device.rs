@@ -17,7 +17,7 @@ use super::features::{self, bit};
 use super::metrics::NetMetrics;
 use super::persist::NetState;
 use super::tap::{Tap, TapError};
-use super::worker::{Direction, Worker};
+use super::worker::{Direction, NetLimits, Worker};
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::virtio::device_thread::{DeviceThread, DeviceThreads, StopFlag};
 use crate::virtio::served_queue::ServedQueue;
@@ -109,6 +109,8 @@ pub struct Net {
     metrics: Arc<NetMetrics>,
     /// One per queue pair.
     threads: Vec<DeviceThreads>,
+    /// Where each running queue pair's worker takes new limiter settings.
+    limits: Vec<Arc<NetLimits>>,
 }
 
 impl Net {
@@ -154,6 +156,7 @@ impl Net {
             acked_features: 0,
             metrics: Arc::new(NetMetrics::default()),
             threads: Vec::new(),
+            limits: Vec::new(),
         })
     }
 
@@ -204,6 +207,34 @@ impl Net {
         for t in &mut self.threads {
             t.stop();
         }
+        self.limits.clear();
+    }
+
+    /// The RX and TX limiters from now on, `patched` over the current ones
+    /// (Firecracker's PATCH: a bucket left out stays); every running queue
+    /// pair takes them at once, and a later activation starts with them.
+    pub fn patch_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> (RateLimiterConfig, RateLimiterConfig) {
+        let s = &mut self.settings;
+        if let Some(p) = rx {
+            s.rx_rate_limiter = s.rx_rate_limiter.patched(p);
+        }
+        if let Some(p) = tx {
+            s.tx_rate_limiter = s.tx_rate_limiter.patched(p);
+        }
+        let new = (s.rx_rate_limiter, s.tx_rate_limiter);
+        for l in &self.limits {
+            l.post(new);
+        }
+        for t in &self.threads {
+            if let Some(t) = t.running() {
+                t.nudge();
+            }
+        }
+        new
     }
 
     fn worker_error(e: std::io::Error) -> ActivateError {
@@ -308,6 +339,8 @@ impl VirtioDevice for Net {
             let backend = self.backends[i]
                 .try_clone_box()
                 .map_err(Self::worker_error)?;
+            let limits = Arc::new(NetLimits::default());
+            self.limits.push(limits.clone());
             let mut worker = Worker::new(
                 mem.clone(),
                 rx_dir,
@@ -316,7 +349,8 @@ impl VirtioDevice for Net {
                 interrupt.clone(),
                 self.metrics.clone(),
                 mergeable,
-            );
+            )
+            .with_limits(limits);
             let mut kicks = vec![rx.kick, tx.kick];
             if i == 0 {
                 if let Some((aq, backends)) = ctrl.take() {
@@ -364,6 +398,14 @@ impl VirtioDevice for Net {
         for t in &self.threads {
             t.resume();
         }
+    }
+
+    fn patch_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(RateLimiterConfig, RateLimiterConfig), String> {
+        Ok(Net::patch_rate_limiters(self, rx, tx))
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -570,3 +570,68 @@ fn fuzz_lite_frames_never_break_the_device() {
         h.run(input);
     });
 }
+
+/// One operation per hour: after the first, a direction is held.
+fn one_op_an_hour() -> RateLimiterConfig {
+    RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time: 3_600_000,
+        }),
+    }
+}
+
+#[test]
+fn rate_limiters_change_while_the_device_runs() {
+    let mem = guest_memory();
+    let mut s = setup(&mem);
+    let (b, host) = pair();
+    host.set_nonblocking(true).unwrap();
+    let mut cfg = settings(1);
+    cfg.tx_rate_limiter = one_op_an_hour();
+    let mut net = Net::new(cfg, vec![Box::new(b)]).unwrap();
+    net.ack_features(net.avail_features() & !bit(VIRTIO_RING_F_EVENT_IDX_BIT));
+    let interrupt = Arc::new(TestInterrupt::default());
+    let ctl = Driver::at(&mem, 0x10000, 16, 0x38_0000);
+    let queues = [&s.rx, &s.tx, &ctl]
+        .iter()
+        .map(|d| ActiveQueue {
+            queue: d.queue(),
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        })
+        .collect::<Vec<_>>();
+    let kicks: Vec<_> = queues.iter().map(|q| q.kick.try_clone().unwrap()).collect();
+    net.activate(mem.clone(), queues, interrupt).unwrap();
+
+    // TX: the first frame passes, the second is held by the limiter ...
+    let a = s.tx.alloc(200);
+    mem.write_slice(&host_frame(188, 1), a).unwrap();
+    s.tx.add_chain(&[(a, 200, false)]);
+    s.tx.add_chain(&[(a, 200, false)]);
+    kicks[1].write(1).unwrap();
+    wait_used(&s.tx, 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(s.tx.used_idx(), 1, "the limiter let the second frame by");
+    // ... until the limit is lifted (an ops bucket of size 0): the held
+    // frame goes at once, without another kick.
+    let lift = RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(BucketConfig::default()),
+    };
+    let (rx_now, tx_now) = net.patch_rate_limiters(Some(&one_op_an_hour()), Some(&lift));
+    assert!(!tx_now.is_limited() && rx_now.is_limited());
+    wait_used(&s.tx, 2);
+
+    // RX, unlimited at activation, is limited from now on: one frame in,
+    // the next held.
+    post_rx(&mut s.rx, 4, 2048);
+    kicks[0].write(1).unwrap();
+    host.send(&host_frame(100, 2)).unwrap();
+    host.send(&host_frame(100, 3)).unwrap();
+    wait_used(&s.rx, 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(s.rx.used_idx(), 1, "the new RX limit was not applied");
+    net.reset();
+}

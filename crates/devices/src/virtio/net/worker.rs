@@ -29,7 +29,10 @@ use super::backend::Backend;
 use super::ctrl::Ctrl;
 use super::frame::{self, RxChain, MAX_FRAME_LEN, VNET_HDR_LEN};
 use super::metrics::NetMetrics;
-use crate::rate_limiter::RateLimiter;
+use crate::rate_limiter::{LimitsMailbox, RateLimiter, RateLimiterConfig};
+
+/// New RX and TX limiter settings for a running worker.
+pub type NetLimits = LimitsMailbox<(RateLimiterConfig, RateLimiterConfig)>;
 use crate::virtio::chain::{gather, scatter};
 use crate::virtio::device_thread::{wait_events, WorkerControl};
 use crate::virtio::served_queue::ServedQueue;
@@ -88,6 +91,8 @@ pub struct Worker<B: Backend> {
     /// (which went back on it when the backend was full).
     tx_charged: bool,
     tx_frame: Vec<u8>,
+    /// Where new limiter settings arrive while the worker runs.
+    limits: Option<Arc<NetLimits>>,
 }
 
 impl<B: Backend> Worker<B> {
@@ -117,7 +122,39 @@ impl<B: Backend> Worker<B> {
             tx_blocked: false,
             tx_charged: false,
             tx_frame: vec![0; MAX_FRAME_LEN],
+            limits: None,
         }
+    }
+
+    /// Take new limiter settings from `limits` while running (the
+    /// device wakes the worker after posting them).
+    pub fn with_limits(mut self, limits: Arc<NetLimits>) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Apply settings posted since the last turn; each limiter whose
+    /// timerfd is new is added to `epoll`.
+    fn take_limits(&mut self, epoll: &Epoll) -> io::Result<()> {
+        let Some((rx, tx)) = self.limits.as_ref().and_then(|l| l.take()) else {
+            return Ok(());
+        };
+        for (dir, config, token) in [
+            (&mut self.rx, rx, TOKEN_RX_TIMER),
+            (&mut self.tx, tx, TOKEN_TX_TIMER),
+        ] {
+            let before = dir.limiter.timer_fd();
+            dir.limiter.reconfigure(&config)?;
+            if let (None, Some(fd)) = (before, dir.limiter.timer_fd()) {
+                epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )?;
+            }
+        }
+        // A frame charged under the old settings is not charged again.
+        Ok(())
     }
 
     /// Serve the control queue too (queue pair 0).
@@ -402,6 +439,7 @@ impl<B: Backend> Worker<B> {
                 control.pause.park();
                 continue;
             }
+            self.take_limits(&epoll)?;
             let holding = || control.holding();
             // Chains made available before activation are served at once.
             let tx = self.serve_tx(&holding);
