@@ -371,16 +371,7 @@ fn the_device_serves_both_ways_on_its_threads_and_resets_without_waiting() {
     net.ack_features(net.avail_features() & !bit(VIRTIO_RING_F_EVENT_IDX_BIT));
 
     let interrupt = Arc::new(TestInterrupt::default());
-    let queues = [&s.rx, &s.tx, &ctl]
-        .iter()
-        .map(|d| ActiveQueue {
-            queue: d.queue(),
-            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
-        })
-        .collect::<Vec<_>>();
-    let kicks: Vec<_> = queues.iter().map(|q| q.kick.try_clone().unwrap()).collect();
-    net.activate(mem.clone(), queues, interrupt.clone())
-        .unwrap();
+    let kicks = activate(&mut net, &mem, &[&s.rx, &s.tx, &ctl], interrupt.clone());
     assert!(net.is_active());
 
     // Host to guest, then guest to host.
@@ -424,6 +415,25 @@ fn the_device_serves_both_ways_on_its_threads_and_resets_without_waiting() {
     assert!(!net.is_active());
     assert_eq!(net.save().acked_features, 0);
     assert_eq!(net.counters()[1], ("rx_packets_count", 1));
+}
+
+/// Activate `net` on the drivers' queues; the kicks, in queue order.
+fn activate(
+    net: &mut Net,
+    mem: &GuestMemory,
+    drivers: &[&Driver],
+    interrupt: Arc<TestInterrupt>,
+) -> Vec<EventFd> {
+    let queues = drivers
+        .iter()
+        .map(|d| ActiveQueue {
+            queue: d.queue(),
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        })
+        .collect::<Vec<_>>();
+    let kicks = queues.iter().map(|q| q.kick.try_clone().unwrap()).collect();
+    net.activate(mem.clone(), queues, interrupt).unwrap();
+    kicks
 }
 
 const VIRTIO_RING_F_EVENT_IDX_BIT: u32 = virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -595,15 +605,7 @@ fn rate_limiters_change_while_the_device_runs() {
     net.ack_features(net.avail_features() & !bit(VIRTIO_RING_F_EVENT_IDX_BIT));
     let interrupt = Arc::new(TestInterrupt::default());
     let ctl = Driver::at(&mem, 0x10000, 16, 0x38_0000);
-    let queues = [&s.rx, &s.tx, &ctl]
-        .iter()
-        .map(|d| ActiveQueue {
-            queue: d.queue(),
-            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
-        })
-        .collect::<Vec<_>>();
-    let kicks: Vec<_> = queues.iter().map(|q| q.kick.try_clone().unwrap()).collect();
-    net.activate(mem.clone(), queues, interrupt).unwrap();
+    let kicks = activate(&mut net, &mem, &[&s.rx, &s.tx, &ctl], interrupt);
 
     // TX: the first frame passes, the second is held by the limiter ...
     let a = s.tx.alloc(200);
