@@ -16,6 +16,17 @@ pub trait Backend: Send {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Write one frame; `WouldBlock` when the host side is full.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Whether `send_iovecs` works: frames then go to the host straight
+    /// from guest memory, without a copy.
+    fn vectored(&self) -> bool {
+        false
+    }
+    /// Write one frame given as iovecs (header first) in one go, like
+    /// `send`; only called when `vectored`. The iovecs point into guest
+    /// memory, which the caller keeps mapped for the call.
+    fn send_iovecs(&mut self, _iov: &[libc::iovec]) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Offloads the guest accepts (`TUN_F_*`), for backends that can hand
     /// over unsegmented frames; others ignore it.
     fn set_offload(&self, _tun_flags: libc::c_uint) -> io::Result<()> {
@@ -50,6 +61,12 @@ impl Backend for Box<dyn Backend> {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
     }
+    fn vectored(&self) -> bool {
+        (**self).vectored()
+    }
+    fn send_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        (**self).send_iovecs(iov)
+    }
     fn set_offload(&self, tun_flags: libc::c_uint) -> io::Result<()> {
         (**self).set_offload(tun_flags)
     }
@@ -65,4 +82,18 @@ impl Backend for Box<dyn Backend> {
     fn try_clone_box(&self) -> io::Result<Box<dyn Backend>> {
         (**self).try_clone_box()
     }
+}
+
+/// One `writev` of `iov` to `fd`: a whole frame on a tap or a datagram
+/// socket.
+pub(crate) fn writev_all(fd: RawFd, iov: &[libc::iovec]) -> io::Result<()> {
+    let count = libc::c_int::try_from(iov.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the kernel reads `count` iovecs from `iov`, each naming
+    // memory the caller keeps mapped for the call (see `send_iovecs`).
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

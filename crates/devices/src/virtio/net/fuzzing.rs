@@ -55,6 +55,14 @@ impl Backend for Pair {
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
         self.0.send(frame).map(|_| ())
     }
+    // Like a tap: one writev, one datagram (so tests and fuzzing take the
+    // copy-free TX path).
+    fn vectored(&self) -> bool {
+        true
+    }
+    fn send_iovecs(&mut self, iov: &[libc::iovec]) -> std::io::Result<()> {
+        super::backend::writev_all(self.raw_fd(), iov)
+    }
     fn try_clone_box(&self) -> std::io::Result<Box<dyn Backend>> {
         Ok(Box::new(Pair(self.0.try_clone()?)))
     }

@@ -258,6 +258,14 @@ impl Backend for Tap {
         Ok(())
     }
 
+    fn vectored(&self) -> bool {
+        true
+    }
+
+    fn send_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        super::backend::writev_all(self.fd(), iov)
+    }
+
     /// Tell the tap which offloads the reader (the guest) accepts.
     fn set_offload(&self, tun_flags: libc::c_uint) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value.

@@ -53,13 +53,13 @@ fn setup(mem: &GuestMemory) -> Setup<'_> {
     }
 }
 
-fn worker(
+fn worker<B: Backend>(
     s: &Setup,
-    backend: Pair,
+    backend: B,
     mergeable: bool,
     rx_limit: &RateLimiterConfig,
     tx_limit: &RateLimiterConfig,
-) -> (Worker<Pair>, Arc<NetMetrics>) {
+) -> (Worker<B>, Arc<NetMetrics>) {
     let m = Arc::new(NetMetrics::default());
     let w = Worker::new(
         s.rx.mem.clone(),
@@ -77,8 +77,33 @@ fn no_limit() -> RateLimiterConfig {
     RateLimiterConfig::default()
 }
 
+/// A backend without `send_iovecs`: frames are copied out of guest memory.
+struct Copying(Pair);
+
+impl Backend for Copying {
+    fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.0.raw_fd()
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.0.send(frame)
+    }
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Backend>> {
+        self.0.try_clone_box()
+    }
+}
+
 #[test]
 fn guest_frames_reach_the_backend_whole() {
+    guest_frames_reach_the_backend_whole_on(|b| b);
+    guest_frames_reach_the_backend_whole_on(Copying);
+}
+
+/// With `wrap`'s backend: iovecs straight from guest memory (a `Pair`) or
+/// a copy (`Copying`), the same frame arrives.
+fn guest_frames_reach_the_backend_whole_on<B: Backend>(wrap: impl Fn(Pair) -> B) {
     let mem = guest_memory();
     let mut s = setup(&mem);
     let (b, host) = pair();
@@ -91,7 +116,7 @@ fn guest_frames_reach_the_backend_whole() {
     mem.write_slice(&frame[100..], straddle).unwrap();
     let head =
         s.tx.add_chain(&[(a, 100, false), (straddle, frame.len() as u32 - 100, false)]);
-    let (mut w, m) = worker(&s, b, true, &no_limit(), &no_limit());
+    let (mut w, m) = worker(&s, wrap(b), true, &no_limit(), &no_limit());
     assert_eq!(w.run_once().0, Served::Idle);
     let mut got = vec![0u8; MAX_FRAME_LEN];
     let n = host.recv(&mut got).unwrap();

@@ -33,7 +33,7 @@ use crate::rate_limiter::{LimitsMailbox, RateLimiter, RateLimiterConfig};
 
 /// New RX and TX limiter settings for a running worker.
 pub type NetLimits = LimitsMailbox<(RateLimiterConfig, RateLimiterConfig)>;
-use crate::virtio::chain::{gather, scatter};
+use crate::virtio::chain::{gather, scatter, total_len};
 use crate::virtio::device_thread::{wait_events, WorkerControl};
 use crate::virtio::served_queue::ServedQueue;
 use crate::virtio::{GuestMemory, Interrupt};
@@ -91,6 +91,9 @@ pub struct Worker<B: Backend> {
     /// (which went back on it when the backend was full).
     tx_charged: bool,
     tx_frame: Vec<u8>,
+    /// The backend takes frames as iovecs (no copy out of guest memory).
+    vectored: bool,
+    tx_iov: IoVecs,
     /// Where new limiter settings arrive while the worker runs.
     limits: Option<Arc<NetLimits>>,
 }
@@ -105,6 +108,7 @@ impl<B: Backend> Worker<B> {
         metrics: Arc<NetMetrics>,
         mergeable: bool,
     ) -> Self {
+        let vectored = backend.vectored();
         Worker {
             mem,
             rx,
@@ -122,6 +126,8 @@ impl<B: Backend> Worker<B> {
             tx_blocked: false,
             tx_charged: false,
             tx_frame: vec![0; MAX_FRAME_LEN],
+            vectored,
+            tx_iov: IoVecs(Vec::new()),
             limits: None,
         }
     }
@@ -195,12 +201,19 @@ impl<B: Backend> Worker<B> {
                     continue;
                 }
             };
-            let len = match gather(&self.mem, &segs, &mut self.tx_frame) {
-                Ok(n) => n,
-                Err(_) => {
-                    NetMetrics::add(&self.metrics.bad_chains, 1);
-                    self.tx.queue.add_used(&self.mem, head, 0);
-                    continue;
+            // Straight from guest memory when the backend can, else
+            // copied out first.
+            let vectored = self.vectored && self.tx_iov.fill(&self.mem, &segs);
+            let len = if vectored {
+                total_len(&segs) as usize
+            } else {
+                match gather(&self.mem, &segs, &mut self.tx_frame) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        NetMetrics::add(&self.metrics.bad_chains, 1);
+                        self.tx.queue.add_used(&self.mem, head, 0);
+                        continue;
+                    }
                 }
             };
             let payload = (len - VNET_HDR_LEN) as u64;
@@ -210,7 +223,12 @@ impl<B: Backend> Worker<B> {
                 return Served::Throttled;
             }
             self.tx_charged = true;
-            match self.backend.send(&self.tx_frame[..len]) {
+            let sent = if vectored {
+                self.backend.send_iovecs(&self.tx_iov.0)
+            } else {
+                self.backend.send(&self.tx_frame[..len])
+            };
+            match sent {
                 Ok(()) => {
                     NetMetrics::add(&self.metrics.tx_packets, 1);
                     NetMetrics::add(&self.metrics.tx_bytes, payload);
@@ -464,6 +482,43 @@ impl<B: Backend> Worker<B> {
                 }
             }
         }
+    }
+}
+
+/// Most iovecs one frame is sent with (Linux's IOV_MAX); a chain in more
+/// pieces is copied out instead.
+const MAX_IOV: usize = 1024;
+
+/// A TX frame as iovecs into guest memory, rebuilt for each frame.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the iovecs are only pointers into guest memory, which every
+// thread of the VMM may access; they are rebuilt before each use, while
+// the worker holds the memory mapping.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Point at `segs` in `mem`; false (use a copy) when a segment is not
+    /// guest RAM or the frame has too many pieces.
+    fn fill(&mut self, mem: &GuestMemory, segs: &[(vm_memory::GuestAddress, u32)]) -> bool {
+        self.0.clear();
+        for &(addr, len) in segs {
+            for slice in vm_memory::GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+                let Ok(slice) = slice else {
+                    return false;
+                };
+                if self.0.len() == MAX_IOV {
+                    return false;
+                }
+                // The mmap backend's pointer stays valid while the mapping
+                // does (the guard matters only for Xen's mappings).
+                self.0.push(libc::iovec {
+                    iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
+                    iov_len: slice.len(),
+                });
+            }
+        }
+        true
     }
 }
 

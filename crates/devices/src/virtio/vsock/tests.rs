@@ -315,6 +315,37 @@ fn data_to_the_guest_respects_its_credit() {
 }
 
 #[test]
+fn bulk_host_data_arrives_whole_in_order_then_the_shutdown() {
+    let dir = Dir::new();
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, &dir);
+    let listener = UnixListener::bind(format!("{}_9", dir.sock().display())).unwrap();
+    g.send(g.hdr(902, 9, op::REQUEST, 0), &[]);
+    assert_eq!(g.recv()[0].0.op, op::RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    // More than one read-ahead's worth, then the host closes.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    host.write_all(&data).unwrap();
+    drop(host);
+    let mut got = Vec::new();
+    let mut ops = Vec::new();
+    for _ in 0..20 {
+        for (hdr, payload) in g.recv() {
+            assert!(payload.len() <= RX_DATA as usize);
+            ops.push(hdr.op);
+            got.extend(payload);
+        }
+        if ops.last() == Some(&op::SHUTDOWN) {
+            break;
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the guest got the host's bytes out of order");
+    assert_eq!(ops.last(), Some(&op::SHUTDOWN), "{ops:?}");
+    assert!(ops[..ops.len() - 1].iter().all(|&o| o == op::RW), "{ops:?}");
+}
+
+#[test]
 fn a_guest_that_overruns_our_credit_is_reset() {
     let dir = Dir::new();
     let mem = guest_memory();
