@@ -72,16 +72,7 @@ pub struct Connection {
     pub fwd_cnt_told: u32,
     /// Guest data the host socket has not taken yet.
     pub to_host: VecDeque<u8>,
-    /// Host data read ahead for the guest (`ahead[ahead_at..ahead_end]`
-    /// not sent yet): one read fills many of the guest's small RX buffers.
-    /// Allocated on first use, at most `READ_AHEAD` bytes.
-    ahead: Vec<u8>,
-    ahead_at: usize,
-    ahead_end: usize,
 }
-
-/// Most host data read ahead per connection.
-pub const READ_AHEAD: usize = 64 * 1024;
 
 impl Connection {
     pub fn new(stream: UnixStream, state: State, local_port: u32, peer_port: u32) -> Self {
@@ -101,15 +92,7 @@ impl Connection {
             fwd_cnt: 0,
             fwd_cnt_told: 0,
             to_host: VecDeque::new(),
-            ahead: Vec::new(),
-            ahead_at: 0,
-            ahead_end: 0,
         }
-    }
-
-    /// Host data read and not yet sent to the guest.
-    fn ahead_len(&self) -> usize {
-        self.ahead_end - self.ahead_at
     }
 
     /// A header from us (host) to the guest socket of this connection.
@@ -144,7 +127,7 @@ impl Connection {
     /// Whether data from the host could go to the guest now.
     pub fn wants_to_send_data(&self) -> bool {
         self.state == State::Established
-            && (self.host_readable || self.ahead_len() > 0)
+            && self.host_readable
             && !self.host_eof
             && self.peer_shutdown & SHUTDOWN_RCV == 0
             && self.peer_credit() > 0
@@ -155,50 +138,28 @@ impl Connection {
         self.owed.any() || self.wants_to_send_data()
     }
 
-    /// Host data for one RW packet of at most `room` bytes, into `buf`.
-    /// Ok(0): nothing now (would block), or EOF (`host_eof` set, once
-    /// everything read ahead went to the guest).
+    /// Read host data for one RW packet of at most `room` bytes into
+    /// `buf`. Ok(0): nothing now (would block), or EOF (`host_eof` set).
     pub fn read_host(&mut self, buf: &mut [u8], room: usize) -> io::Result<usize> {
         let n = room.min(self.peer_credit() as usize).min(buf.len());
         if n == 0 {
             return Ok(0);
         }
-        if self.ahead_len() == 0 && !self.read_ahead(n)? {
-            return Ok(0);
-        }
-        let k = n.min(self.ahead_len());
-        let from = &self.ahead[self.ahead_at..self.ahead_at + k];
-        buf[..k].copy_from_slice(from);
-        self.ahead_at += k;
-        self.rx_cnt = self.rx_cnt.wrapping_add(k as u32);
-        Ok(k)
-    }
-
-    /// One read of up to the guest's credit (at most `READ_AHEAD`, at
-    /// least `want`) into the empty read-ahead buffer; false when nothing
-    /// came (would block, or EOF).
-    fn read_ahead(&mut self, want: usize) -> io::Result<bool> {
-        let cap = (self.peer_credit() as usize).clamp(want, READ_AHEAD.max(want));
-        if self.ahead.len() < cap {
-            self.ahead.resize(cap, 0);
-        }
-        self.ahead_at = 0;
-        self.ahead_end = 0;
         loop {
-            match self.stream.read(&mut self.ahead[..cap]) {
+            match self.stream.read(&mut buf[..n]) {
                 Ok(0) => {
                     self.host_eof = true;
                     self.host_readable = false;
-                    return Ok(false);
+                    return Ok(0);
                 }
                 Ok(got) => {
-                    self.ahead_end = got;
-                    return Ok(true);
+                    self.rx_cnt = self.rx_cnt.wrapping_add(got as u32);
+                    return Ok(got);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.host_readable = false;
-                    return Ok(false);
+                    return Ok(0);
                 }
                 Err(e) => return Err(e),
             }
