@@ -159,7 +159,29 @@ fn bench(cmd: BenchCommand) -> ExitCode {
     }
 }
 
+/// Wait until a terminal on stdout has sent what was written to it. The
+/// nested rig runs Vireo in L1 with stdout on L1's serial port, and L1
+/// powers off as soon as Vireo exits: without this, the tail of the
+/// guest's console could still be in that UART's buffers (under load a
+/// heuristic wait in L1 saw it idle too early and the tail was lost).
+fn drain_stdout() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: isatty and tcdrain on fd 1 have no memory effects.
+    unsafe {
+        if libc::isatty(1) == 1 {
+            libc::tcdrain(1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let code = dispatch();
+    drain_stdout();
+    code
+}
+
+fn dispatch() -> ExitCode {
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         if cli.firecracker.requested() || invoked_as_firecracker() {
