@@ -31,11 +31,16 @@ trap 'reboot -f' TERM
 trap 'halt -f' USR1
 "#;
 
-/// Shell lines that wait until ttyS0 has sent everything written to it
-/// (its transmit count in /proc/tty/driver/serial stops moving; at most
-/// about 2 s), so the end of a run's output is not lost when the machine
-/// stops right after. Used by the guest's and the rig's L1 init.
-pub const WAIT_TTYS0_DRAINED: &str = r#"tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
+/// Shell lines that wait until ttyS0 has sent everything written to it,
+/// so the end of a run's output is not lost when the machine stops right
+/// after. Used by the guest's and the rig's L1 init. First a real drain:
+/// busybox `stty` sets the (unchanged) settings with TCSADRAIN, which
+/// returns once the tty's buffer is empty and the UART idle (a guest with
+/// 2 vCPUs on a loaded host lost its last line with only the second part);
+/// then the transmit count in /proc/tty/driver/serial must stop moving (at
+/// most about 2 s).
+pub const WAIT_TTYS0_DRAINED: &str = r#"stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g 2>/dev/null)" 2>/dev/null
+tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
 last=none; n=0
 while [ "$(tx)" != "$last" ] && [ $n -lt 100 ]; do
     last=$(tx); sleep 0.02; n=$((n + 1))
