@@ -60,6 +60,8 @@ fn minimal_guest() -> PathBuf {
 struct Vmm {
     child: std::process::Child,
     sock: PathBuf,
+    /// VMs take turns (see `common::vm_turn`); released after the child.
+    _turn: common::Turn,
 }
 
 impl Vmm {
@@ -68,6 +70,7 @@ impl Vmm {
     }
 
     fn start_with(name: &str, extra: &[&str]) -> Vmm {
+        let turn = common::vm_turn();
         let sock = scratch(&format!("{name}.sock"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_vireo"))
             .args(["--api-sock", sock.to_str().unwrap(), "--id", name])
@@ -82,7 +85,11 @@ impl Vmm {
             assert!(Instant::now() < deadline, "the API socket never accepted");
             std::thread::sleep(Duration::from_millis(5));
         }
-        Vmm { child, sock }
+        Vmm {
+            child,
+            sock,
+            _turn: turn,
+        }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
@@ -266,9 +273,8 @@ fn configure_start_pause_resume_and_state_errors() {
             disk_a.display()
         ),
     );
-    // A NIC on a tap made here, its rate limiters patched before boot
-    // (a bucket the PATCH leaves out stays); a PATCH for a NIC nobody
-    // PUT is refused.
+    // A NIC on a tap made here; PATCH is for a running VM (Firecracker's
+    // "post-boot only").
     let tap = Tap::new();
     vmm.ok(
         "PUT",
@@ -279,23 +285,14 @@ fn configure_start_pause_resume_and_state_errors() {
             tap.0
         ),
     );
-    vmm.ok(
-        "PATCH",
-        "/network-interfaces/eth0",
-        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}"#,
-    );
     vmm.refused(
         "PATCH",
-        "/network-interfaces/eth9",
-        Some(r#"{"iface_id": "eth9", "rx_rate_limiter": {}}"#),
-        "does not exist",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}"#),
+        "running VM",
     );
     let cfg = vmm.call("GET", "/vm/config", None);
     assert!(cfg.body.contains("\"vcpu_count\":2"), "{}", cfg.body);
-    let v: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
-    let tx = &v["network-interfaces"][0]["tx_rate_limiter"];
-    assert_eq!(tx["bandwidth"]["size"], 100000, "{}", cfg.body);
-    assert_eq!(tx["ops"]["size"], 50, "{}", cfg.body);
 
     // Boot.
     vmm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
@@ -355,7 +352,18 @@ fn configure_start_pause_resume_and_state_errors() {
     );
 
     // The running NIC's limiters change (the device takes them at once;
-    // devices/src/virtio/net/tests.rs shows their effect on traffic).
+    // devices/src/virtio/net/tests.rs shows their effect on traffic); a
+    // bucket a PATCH leaves out stays.
+    vmm.ok(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 50, "refill_time": 1000}}}"#,
+    );
+    let cfg = vmm.call("GET", "/vm/config", None);
+    let v: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
+    let tx = &v["network-interfaces"][0]["tx_rate_limiter"];
+    assert_eq!(tx["bandwidth"]["size"], 100000, "{}", cfg.body);
+    assert_eq!(tx["ops"]["size"], 50, "{}", cfg.body);
     vmm.ok(
         "PATCH",
         "/network-interfaces/eth0",

@@ -97,28 +97,37 @@ pub fn announce_path() {
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 thread_local! {
-    /// This thread holds `TURN` (a test may start `vireo ctl` while its
-    /// own VM runs).
-    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's turn (held while it has any `Turn`: a test may start
+    /// `vireo ctl` or a second VM while its own VM runs) and how many
+    /// `Turn`s it holds.
+    static HELD: std::cell::RefCell<Option<std::sync::MutexGuard<'static, ()>>> =
+        const { std::cell::RefCell::new(None) };
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// This thread's turn to run a VM, until dropped; nested turns on one
-/// thread are free.
-pub struct Turn(Option<std::sync::MutexGuard<'static, ()>>);
+/// This thread's turn to run a VM, until the last `Turn` it holds is
+/// dropped. Only the thread that runs the test may take one: a second
+/// thread of the same test would wait for the first.
+pub struct Turn(std::marker::PhantomData<*const ()>);
 
 pub fn vm_turn() -> Turn {
-    if HOLDING.with(|h| h.get()) {
-        return Turn(None);
+    if DEPTH.with(|d| d.get()) == 0 {
+        let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
     }
-    let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    HOLDING.with(|h| h.set(true));
-    Turn(Some(guard))
+    DEPTH.with(|d| d.set(d.get() + 1));
+    Turn(std::marker::PhantomData)
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if self.0.take().is_some() {
-            HOLDING.with(|h| h.set(false));
+        let left = DEPTH.with(|d| {
+            let n = d.get().saturating_sub(1);
+            d.set(n);
+            n
+        });
+        if left == 0 {
+            HELD.with(|h| drop(h.borrow_mut().take()));
         }
     }
 }
@@ -175,8 +184,9 @@ fn run_vireo(
     signal: Option<(Duration, i32)>,
 ) -> (Outcome, Vec<i32>) {
     announce_path();
-    // Runs that boot a guest wait for their turn.
-    let _turn = (args.first() == Some(&"run")).then(vm_turn);
+    // Every run but `vireo ctl` (a client of a VM that holds the turn)
+    // may boot a guest: it waits for its turn.
+    let _turn = (args.first() != Some(&"ctl")).then(vm_turn);
     let mut signal = signal;
     let mut children = Vec::new();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

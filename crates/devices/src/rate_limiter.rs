@@ -170,19 +170,58 @@ fn new_timer() -> std::io::Result<TimerFd> {
     Ok(t)
 }
 
-/// Settings for a running device's limiters, handed from the VMM's thread
+/// Patches for a running device's limiters, handed from the VMM's thread
 /// to the worker thread that owns the limiters, which takes them between
-/// steps (the device wakes it).
+/// steps (the device wakes it). Patches posted before the worker took the
+/// last one are merged (a later bucket wins), so none is lost.
 #[derive(Debug, Default)]
 pub struct LimitsMailbox<T>(std::sync::Mutex<Option<T>>);
 
-impl<T> LimitsMailbox<T> {
-    /// Leave new settings (replacing any not yet taken).
-    pub fn post(&self, limits: T) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+/// What a [`LimitsMailbox`] carries: merged with a later post.
+pub trait Mergeable {
+    fn merge(&mut self, later: Self);
+}
+
+impl Mergeable for RateLimiterConfig {
+    fn merge(&mut self, later: Self) {
+        *self = self.patched(&later);
+    }
+}
+
+impl<T: Mergeable> Mergeable for Option<T> {
+    fn merge(&mut self, later: Self) {
+        match (self.as_mut(), later) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, b) => *self = b,
+            (_, None) => {}
+        }
+    }
+}
+
+impl<A: Mergeable, B: Mergeable> Mergeable for (A, B) {
+    fn merge(&mut self, later: Self) {
+        self.0.merge(later.0);
+        self.1.merge(later.1);
+    }
+}
+
+impl Mergeable for u32 {
+    fn merge(&mut self, later: Self) {
+        *self = later;
+    }
+}
+
+impl<T: Mergeable> LimitsMailbox<T> {
+    /// Leave a patch (merged into any not yet taken).
+    pub fn post(&self, patch: T) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(pending) => pending.merge(patch),
+            None => *slot = Some(patch),
+        }
     }
 
-    /// The settings left since the last take, if any.
+    /// The patch left since the last take, if any.
     pub fn take(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -226,8 +265,8 @@ impl RateLimiter {
     }
 
     /// Like [`RateLimiter::new`], with a timerfd even when `config` does
-    /// not limit, so [`RateLimiter::reconfigure`] can add limits later
-    /// without the device polling a new fd.
+    /// not limit, so [`RateLimiter::patch`] can add limits later without
+    /// the device polling a new fd.
     pub fn reconfigurable(config: &RateLimiterConfig) -> std::io::Result<RateLimiter> {
         let mut l = RateLimiter::new(config)?;
         if l.timer.is_none() {
@@ -236,20 +275,24 @@ impl RateLimiter {
         Ok(l)
     }
 
-    /// New settings from now on (the buckets start full); a request held
-    /// back is tried again at once.
-    pub fn reconfigure(&mut self, config: &RateLimiterConfig) -> std::io::Result<()> {
+    /// Apply `patch` from now on: each bucket it names is replaced (a new
+    /// one starts full; size or refill time 0 turns the limit off), each
+    /// it leaves out keeps its state. A request held back is tried again
+    /// at once.
+    pub fn patch(&mut self, patch: &RateLimiterConfig) -> std::io::Result<()> {
         let now = Instant::now();
-        let bandwidth = config.bandwidth.and_then(|b| TokenBucket::new(&b, now));
-        let ops = config.ops.and_then(|b| TokenBucket::new(&b, now));
-        if self.timer.is_none() && (bandwidth.is_some() || ops.is_some()) {
+        if let Some(b) = &patch.bandwidth {
+            self.bandwidth = TokenBucket::new(b, now);
+        }
+        if let Some(b) = &patch.ops {
+            self.ops = TokenBucket::new(b, now);
+        }
+        if self.timer.is_none() && (self.bandwidth.is_some() || self.ops.is_some()) {
             self.timer = Some(new_timer()?);
         }
         if let Some(t) = &mut self.timer {
             t.clear()?;
         }
-        self.bandwidth = bandwidth;
-        self.ops = ops;
         self.blocked = false;
         Ok(())
     }
@@ -453,7 +496,7 @@ mod tests {
         let mut l = RateLimiter::reconfigurable(&RateLimiterConfig::default()).expect("limiter");
         assert!(l.timer_fd().is_some(), "a timer to add limits later");
         assert!(l.consume(1, 1 << 20).is_ok(), "unlimited at first");
-        l.reconfigure(&slow).expect("reconfigure");
+        l.patch(&slow).expect("patch");
         assert!(l.consume(1, 1000).is_ok());
         assert!(l.consume(1, 1000).is_err(), "1000 B/s holds the next KB");
         assert!(l.is_blocked());
@@ -461,14 +504,39 @@ mod tests {
         l.on_timer();
         l.consume(1, 1000).expect_err("still short");
         // Lifting the limit lets the held request go at once.
-        let lifted = slow.patched(&RateLimiterConfig {
+        let lift = RateLimiterConfig {
             bandwidth: Some(BucketConfig::default()),
             ops: None,
-        });
-        assert!(!lifted.is_limited());
-        l.reconfigure(&lifted).expect("reconfigure");
+        };
+        assert!(!slow.patched(&lift).is_limited());
+        l.patch(&lift).expect("patch");
         assert!(!l.is_blocked());
         assert!(l.consume(1, 1 << 30).is_ok());
+    }
+
+    #[test]
+    fn a_patch_keeps_the_state_of_buckets_it_leaves_out() {
+        let mut l = RateLimiter::new(&RateLimiterConfig::per_second(1000, 1000)).expect("limiter");
+        assert!(
+            l.consume(1, 1000).is_ok(),
+            "the bandwidth bucket is now empty"
+        );
+        // New ops limit only: the empty bandwidth bucket is not refilled.
+        l.patch(
+            &RateLimiterConfig::per_second(0, 0).patched(&RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(BucketConfig {
+                    size: 500,
+                    one_time_burst: 0,
+                    refill_time: 1000,
+                }),
+            }),
+        )
+        .expect("patch");
+        assert!(
+            l.consume(1, 1000).is_err(),
+            "a patch refilled a bucket it left out"
+        );
     }
 
     #[test]
@@ -483,6 +551,16 @@ mod tests {
         mailbox.post(1);
         mailbox.post(2);
         assert_eq!((mailbox.take(), mailbox.take()), (Some(2), None));
+        // Two patches before the worker looked: both count.
+        let net = LimitsMailbox::default();
+        net.post((Some(RateLimiterConfig::per_second(1000, 0)), None));
+        net.post((None, Some(RateLimiterConfig::per_second(0, 10))));
+        net.post((Some(RateLimiterConfig::per_second(0, 20)), None));
+        let (rx, tx) = net.take().expect("merged");
+        let rx = rx.expect("rx");
+        assert_eq!(rx.bandwidth.map(|b| b.size), Some(1000));
+        assert_eq!(rx.ops.map(|b| b.size), Some(20));
+        assert_eq!(tx.and_then(|t| t.ops).map(|b| b.size), Some(10));
     }
 
     #[test]

@@ -36,10 +36,11 @@ trap 'halt -f' USR1
 /// after. Used by the guest's and the rig's L1 init. First a real drain:
 /// busybox `stty` sets the (unchanged) settings with TCSADRAIN, which
 /// returns once the tty's buffer is empty and the UART idle (a guest with
-/// 2 vCPUs on a loaded host lost its last line with only the second part);
+/// 2 vCPUs on a loaded host lost its last line with only the second part;
+/// at most 3 s, for output that never drains: a flow-stopped terminal);
 /// then the transmit count in /proc/tty/driver/serial must stop moving (at
 /// most about 2 s).
-pub const WAIT_TTYS0_DRAINED: &str = r#"stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g 2>/dev/null)" 2>/dev/null
+pub const WAIT_TTYS0_DRAINED: &str = r#"timeout 3 stty -F /dev/ttyS0 "$(stty -F /dev/ttyS0 -g 2>/dev/null)" 2>/dev/null
 tx() { sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null; }
 last=none; n=0
 while [ "$(tx)" != "$last" ] && [ $n -lt 100 ]; do

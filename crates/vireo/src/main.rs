@@ -159,19 +159,28 @@ fn bench(cmd: BenchCommand) -> ExitCode {
     }
 }
 
-/// Wait until a terminal on stdout has sent what was written to it. The
-/// nested rig runs Vireo in L1 with stdout on L1's serial port, and L1
-/// powers off as soon as Vireo exits: without this, the tail of the
-/// guest's console could still be in that UART's buffers (under load a
-/// heuristic wait in L1 saw it idle too early and the tail was lost).
+/// Wait (at most 2 s) until a terminal on stdout has taken what was
+/// written to it out of its buffer. The nested rig runs Vireo in L1 with
+/// stdout on L1's serial port, and L1 powers off as soon as Vireo exits:
+/// without this the tail of the guest's console could still be queued
+/// there. TIOCOUTQ only reads the queue length, so a background or
+/// flow-stopped terminal neither stops nor holds Vireo.
 fn drain_stdout() {
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    // SAFETY: isatty and tcdrain on fd 1 have no memory effects.
-    unsafe {
-        if libc::isatty(1) == 1 {
-            libc::tcdrain(1);
+    // SAFETY: isatty only inspects fd 1.
+    if unsafe { libc::isatty(1) } != 1 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int, `queued`, which outlives the call.
+        let rc = unsafe { libc::ioctl(1, libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued <= 0 || std::time::Instant::now() > deadline {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

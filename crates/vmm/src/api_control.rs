@@ -166,18 +166,14 @@ impl Controller {
                     d.rate_limiter = p.rate_limiter;
                 }
             }
+            // Post-boot only, as in Firecracker: before boot, PUT the
+            // interface with its limiters.
             ApiRequest::PatchNetworkInterface(p) => {
-                let Some(n) = c
-                    .network_interfaces
-                    .iter_mut()
-                    .find(|n| n.iface_id == p.iface_id)
-                else {
-                    return Preboot::Reply(bad(format!(
-                        "network interface {:?} does not exist; PUT /network-interfaces/{0} first",
-                        p.iface_id
-                    )));
-                };
-                patch_interface(n, &p);
+                return Preboot::Reply(bad(format!(
+                    "network interface {}: PATCH is for a running VM; before starting, \
+                     PUT /network-interfaces/{0} with its rate limiters",
+                    p.iface_id
+                )));
             }
             ApiRequest::PutSerial(s) => c.serial = Some(s),
             ApiRequest::PutLogger(l) => {

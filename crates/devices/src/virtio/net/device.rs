@@ -227,7 +227,7 @@ impl Net {
         }
         let new = (s.rx_rate_limiter, s.tx_rate_limiter);
         for l in &self.limits {
-            l.post(new);
+            l.post((rx.copied(), tx.copied()));
         }
         for t in &self.threads {
             if let Some(t) = t.running() {

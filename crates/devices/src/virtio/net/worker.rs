@@ -31,8 +31,8 @@ use super::frame::{self, RxChain, MAX_FRAME_LEN, VNET_HDR_LEN};
 use super::metrics::NetMetrics;
 use crate::rate_limiter::{LimitsMailbox, RateLimiter, RateLimiterConfig};
 
-/// New RX and TX limiter settings for a running worker.
-pub type NetLimits = LimitsMailbox<(RateLimiterConfig, RateLimiterConfig)>;
+/// Patches to a running worker's RX and TX limiters (None: unchanged).
+pub type NetLimits = LimitsMailbox<(Option<RateLimiterConfig>, Option<RateLimiterConfig>)>;
 use crate::virtio::chain::{gather, scatter, total_len};
 use crate::virtio::device_thread::{wait_events, WorkerControl};
 use crate::virtio::served_queue::ServedQueue;
@@ -145,12 +145,15 @@ impl<B: Backend> Worker<B> {
         let Some((rx, tx)) = self.limits.as_ref().and_then(|l| l.take()) else {
             return Ok(());
         };
-        for (dir, config, token) in [
+        for (dir, patch, token) in [
             (&mut self.rx, rx, TOKEN_RX_TIMER),
             (&mut self.tx, tx, TOKEN_TX_TIMER),
         ] {
+            let Some(patch) = patch else {
+                continue;
+            };
             let before = dir.limiter.timer_fd();
-            dir.limiter.reconfigure(&config)?;
+            dir.limiter.patch(&patch)?;
             if let (None, Some(fd)) = (before, dir.limiter.timer_fd()) {
                 epoll.ctl(
                     ControlOperation::Add,
@@ -159,7 +162,8 @@ impl<B: Backend> Worker<B> {
                 )?;
             }
         }
-        // A frame charged under the old settings is not charged again.
+        // (A frame already charged under the old settings is not charged
+        // again.)
         Ok(())
     }
 
