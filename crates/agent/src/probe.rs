@@ -43,13 +43,14 @@ impl Endpoint {
         };
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
         let port = |p: &str| p.parse::<u32>().map_err(|_| bad());
+        let tcp_port = |p: &str| p.parse::<u16>().map_err(|_| bad());
         match kind {
             "tcp" => match rest.rsplit_once(':') {
                 Some((host, p)) if !host.is_empty() => {
-                    port(p)?;
+                    tcp_port(p)?;
                     Ok(Endpoint::Tcp(rest.to_string()))
                 }
-                _ => Ok(Endpoint::Tcp(format!("0.0.0.0:{}", port(rest)?))),
+                _ => Ok(Endpoint::Tcp(format!("0.0.0.0:{}", tcp_port(rest)?))),
             },
             "vsock" => match rest.split_once(':') {
                 Some((cid, p)) => Ok(Endpoint::Vsock {
@@ -352,7 +353,16 @@ mod tests {
             Endpoint::parse("unix:/tmp/v.sock_5"),
             Ok(Endpoint::Unix("/tmp/v.sock_5".into()))
         );
-        for bad in ["tcp:", "tcp:x", "vsock:a:1", "unix:", "udp:1", "5001"] {
+        for bad in [
+            "tcp:",
+            "tcp:x",
+            "tcp:70000",
+            "tcp:h:70000",
+            "vsock:a:1",
+            "unix:",
+            "udp:1",
+            "5001",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

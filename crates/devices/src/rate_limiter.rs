@@ -205,12 +205,6 @@ impl<A: Mergeable, B: Mergeable> Mergeable for (A, B) {
     }
 }
 
-impl Mergeable for u32 {
-    fn merge(&mut self, later: Self) {
-        *self = later;
-    }
-}
-
 impl<T: Mergeable> LimitsMailbox<T> {
     /// Leave a patch (merged into any not yet taken).
     pub fn post(&self, patch: T) {
@@ -262,17 +256,6 @@ impl RateLimiter {
             timer,
             blocked: false,
         })
-    }
-
-    /// Like [`RateLimiter::new`], with a timerfd even when `config` does
-    /// not limit, so [`RateLimiter::patch`] can add limits later without
-    /// the device polling a new fd.
-    pub fn reconfigurable(config: &RateLimiterConfig) -> std::io::Result<RateLimiter> {
-        let mut l = RateLimiter::new(config)?;
-        if l.timer.is_none() {
-            l.timer = Some(new_timer()?);
-        }
-        Ok(l)
     }
 
     /// Apply `patch` from now on: each bucket it names is replaced (a new
@@ -493,10 +476,10 @@ mod tests {
     #[test]
     fn reconfiguring_releases_a_held_request_and_applies_new_limits() {
         let slow = RateLimiterConfig::per_second(1000, 0);
-        let mut l = RateLimiter::reconfigurable(&RateLimiterConfig::default()).expect("limiter");
-        assert!(l.timer_fd().is_some(), "a timer to add limits later");
+        let mut l = RateLimiter::new(&RateLimiterConfig::default()).expect("limiter");
         assert!(l.consume(1, 1 << 20).is_ok(), "unlimited at first");
         l.patch(&slow).expect("patch");
+        assert!(l.timer_fd().is_some(), "a patch that limits brings a timer");
         assert!(l.consume(1, 1000).is_ok());
         assert!(l.consume(1, 1000).is_err(), "1000 B/s holds the next KB");
         assert!(l.is_blocked());
@@ -547,10 +530,14 @@ mod tests {
         assert_eq!(p.ops, both.ops);
         assert_eq!(both.patched(&RateLimiterConfig::default()), both);
         let mailbox = LimitsMailbox::default();
-        assert_eq!(mailbox.take(), None::<u32>);
-        mailbox.post(1);
-        mailbox.post(2);
-        assert_eq!((mailbox.take(), mailbox.take()), (Some(2), None));
+        assert_eq!(mailbox.take(), None::<RateLimiterConfig>);
+        mailbox.post(RateLimiterConfig::per_second(1, 0));
+        mailbox.post(RateLimiterConfig::per_second(2, 0));
+        let size = |c: Option<RateLimiterConfig>| c.and_then(|c| c.bandwidth).map(|b| b.size);
+        assert_eq!(
+            (size(mailbox.take()), size(mailbox.take())),
+            (Some(2), None)
+        );
         // Two patches before the worker looked: both count.
         let net = LimitsMailbox::default();
         net.post((Some(RateLimiterConfig::per_second(1000, 0)), None));

@@ -153,7 +153,12 @@ impl<B: Backend> Worker<B> {
                 continue;
             };
             let before = dir.limiter.timer_fd();
-            dir.limiter.patch(&patch)?;
+            // A patch that cannot be applied (no timerfd to be had) keeps
+            // the old limits; the device goes on serving.
+            if let Err(e) = dir.limiter.patch(&patch) {
+                eprintln!("vireo: virtio-net: new rate limits not applied: {e}");
+                continue;
+            }
             if let (None, Some(fd)) = (before, dir.limiter.timer_fd()) {
                 epoll.ctl(
                     ControlOperation::Add,
