@@ -306,6 +306,13 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// Read what is left of stdout (after vireo ended) into `seen`.
+    pub fn read_rest(&mut self) {
+        let mut rest = Vec::new();
+        let _ = self.stdout.read_to_end(&mut rest);
+        self.seen.push_str(&String::from_utf8_lossy(&rest));
+    }
+
     /// Read stdout until `marker` shows; panics if vireo ends first or
     /// `timeout` passes (a blocked read is bounded by vireo's own end).
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) {

@@ -150,6 +150,26 @@ impl Stream for TcpStream {
     }
     fn close_write(&self) {
         let _ = self.shutdown(std::net::Shutdown::Write);
+        wait_acked(self);
+    }
+}
+
+/// Wait (at most a minute) until the peer has acknowledged every byte
+/// written to `s`. A guest that exits and powers off right after closing
+/// would otherwise drop what is still queued: over a slow (rate-limited)
+/// NIC that can be hundreds of KiB, and the peer waits for it forever.
+fn wait_acked(s: &TcpStream) {
+    use std::os::unix::io::AsRawFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int, `queued`, which
+        // outlives the call.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

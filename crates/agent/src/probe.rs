@@ -102,7 +102,10 @@ enum Conn {
 impl Conn {
     fn close_write(&self) {
         match self {
-            Conn::Tcp(s) => drop(s.shutdown(std::net::Shutdown::Write)),
+            Conn::Tcp(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                crate::wait_acked(s);
+            }
             Conn::Vsock(s) => s.shutdown_write(),
             Conn::Unix(s) => drop(s.shutdown(std::net::Shutdown::Write)),
         }
