@@ -158,7 +158,7 @@ impl TokenBucket {
 }
 
 /// A timerfd whose read does not block when it has not fired.
-fn new_timer() -> std::io::Result<TimerFd> {
+pub(crate) fn new_timer() -> std::io::Result<TimerFd> {
     let t = TimerFd::new()?;
     let fd = t.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL on a descriptor we own.

@@ -23,6 +23,8 @@ pub enum ChainError {
     OutOfRange { index: usize, addr: u64, len: u32 },
     #[error("guest memory access failed")]
     Memory,
+    #[error("the chain holds {0} bytes, more than the device takes in one request")]
+    TooLong(u64),
 }
 
 /// Buffers in guest memory: (address, length) pieces in order.

@@ -41,6 +41,7 @@ pub mod pause;
 pub mod served_queue;
 pub mod transport;
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod net;
