@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use devices::virtio::balloon::BalloonSettings;
 use vmm::config::{DiskConfig, NetConfig, RngConfig, Transport, VsockConfig};
 
 use crate::rate::{self, RateKeys};
@@ -325,6 +326,22 @@ pub struct RunArgs {
     /// P arrive at the Unix socket PATH_P (Firecracker's convention)
     #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     pub vsock: Option<VsockConfig>,
+    /// A memory balloon (virtio-balloon), settable while the VM runs with
+    /// `vireo ctl SOCK balloon MIB`:
+    /// [size=MIB][,deflate_on_oom=on][,stats_interval=SECS][,free_page_reporting=on].
+    /// size is the target at boot (default 0); deflate_on_oom lets the
+    /// guest take pages back when it runs out of memory; stats_interval
+    /// asks for the guest's memory statistics every SECS seconds;
+    /// free_page_reporting gives back to the host the pages the guest
+    /// reports free
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_balloon
+    )]
+    pub balloon: Option<BalloonSettings>,
     /// A virtio-net NIC, on a host tap device:
     /// tap=NAME[,mac=MAC][,mtu=N][,queues=N][,rate=BYTES_PER_SEC][,ops=OPS_PER_SEC],
     /// or on rootless user networking: user[,forward=HOST:GUEST]... (passt
@@ -559,6 +576,46 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+fn parse_balloon(s: &str) -> Result<BalloonSettings, String> {
+    let mut b = BalloonSettings::default();
+    let on_off = |k: &str, v: &str| match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("invalid balloon '{s}': {k} is on or off")),
+    };
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("size" | "amount_mib", v)) => {
+                let mib = size::parse_mib(v).map_err(|e| format!("invalid balloon '{s}': {e}"))?;
+                b.amount_mib = u32::try_from(mib)
+                    .map_err(|_| format!("invalid balloon '{s}': size {mib} MiB is too big"))?;
+            }
+            Some(("deflate_on_oom", v)) => b.deflate_on_oom = on_off("deflate_on_oom", v)?,
+            Some(("free_page_reporting", v)) => {
+                b.free_page_reporting = on_off("free_page_reporting", v)?
+            }
+            Some(("stats_interval" | "stats_polling_interval_s", v)) => {
+                b.stats_interval_s = v.parse().map_err(|_| {
+                    format!("invalid balloon '{s}': stats_interval is seconds (0 to 65535)")
+                })?
+            }
+            Some(("free_page_hinting", _)) => {
+                return Err(format!(
+                    "invalid balloon '{s}': free page hinting is not built yet (issue 7); \
+                     free_page_reporting=on gives free memory back"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "invalid balloon '{s}': unknown option '{part}' (use size=MIB, \
+                     deflate_on_oom=on, stats_interval=SECS, free_page_reporting=on)"
+                ))
+            }
+        }
+    }
+    Ok(b)
+}
+
 /// What `vireo run` was asked for: a VM configuration, possibly without a
 /// kernel yet (then the default guest provides it).
 pub struct RunRequest {
@@ -604,6 +661,17 @@ impl RunArgs {
         }
         if let Some(v) = &self.vsock {
             config.vsock = Some(v.clone());
+        }
+        if let Some(b) = &self.balloon {
+            config.balloon = Some(*b);
+        }
+        if let Some(b) = &config.balloon {
+            if u64::from(b.amount_mib) > config.memory_mib {
+                return Err(format!(
+                    "a balloon of {} MiB is larger than the VM's {} MiB of memory",
+                    b.amount_mib, config.memory_mib
+                ));
+            }
         }
         match &self.rng {
             Some(RngChoice(rng)) => config.rng = rng.clone(),
@@ -810,6 +878,49 @@ mod tests {
             let e = run_args(&["--net", bad]).err().unwrap().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn balloon_flag() {
+        let r = run_args(&["--balloon"]).unwrap();
+        assert_eq!(
+            r.to_request().unwrap().config.balloon,
+            Some(BalloonSettings::default())
+        );
+        let r = run_args(&[
+            "--memory",
+            "256",
+            "--balloon",
+            "size=64M,deflate_on_oom=on,stats_interval=2,free_page_reporting=on",
+        ])
+        .unwrap();
+        let b = r.to_request().unwrap().config.balloon.unwrap();
+        assert_eq!(
+            b,
+            BalloonSettings {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_interval_s: 2,
+                free_page_reporting: true,
+            }
+        );
+        assert_eq!(
+            run_args(&["--vsock", "cid=3,uds=/v"]).unwrap().balloon,
+            None
+        );
+        for (bad, needle) in [
+            ("size=x", "invalid balloon"),
+            ("deflate_on_oom=maybe", "on or off"),
+            ("stats_interval=-1", "seconds"),
+            ("colour=red", "unknown option"),
+            ("free_page_hinting=on", "not built yet"),
+        ] {
+            let e = run_args(&["--balloon", bad]).err().unwrap().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let big = run_args(&["--memory", "128", "--balloon", "size=256"]).unwrap();
+        let e = big.to_request().err().unwrap();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

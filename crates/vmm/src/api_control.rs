@@ -10,6 +10,7 @@
 //! messages follow Firecracker's: 204 on success, 400 with a fault message
 //! for a request that cannot be carried out in the current state.
 
+use devices::virtio::balloon::{BalloonHandle, PAGES_PER_MIB};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::mpsc::Receiver;
 
@@ -101,13 +102,9 @@ impl Controller {
             ApiRequest::GetMachineConfig => {
                 ApiResponse::ok_json(&self.config.machine_config.clone().unwrap_or_default())
             }
-            ApiRequest::DescribeBalloonConfig
-            | ApiRequest::DescribeBalloonStats
-            | ApiRequest::PatchBalloon(_)
-            | ApiRequest::PatchBalloonStatsInterval(_)
-            | ApiRequest::StartBalloonHinting(_)
+            ApiRequest::StartBalloonHinting(_)
             | ApiRequest::DescribeBalloonHinting
-            | ApiRequest::StopBalloonHinting => not_yet("the balloon device", 7),
+            | ApiRequest::StopBalloonHinting => not_yet("balloon free page hinting", 7),
             ApiRequest::PutMmds(_)
             | ApiRequest::PatchMmds(_)
             | ApiRequest::GetMmds
@@ -213,6 +210,25 @@ impl Controller {
                 c.pmem.retain(|x| x.id != p.id);
                 c.pmem.push(p);
             }
+            ApiRequest::DescribeBalloonConfig => {
+                return Preboot::Reply(match &c.balloon {
+                    Some(b) => ApiResponse::ok_json(b),
+                    None => bad(NO_BALLOON),
+                })
+            }
+            ApiRequest::PatchBalloon(u) => match c.balloon.as_mut() {
+                Some(b) => b.amount_mib = u.amount_mib,
+                None => return Preboot::Reply(bad(NO_BALLOON)),
+            },
+            ApiRequest::PatchBalloonStatsInterval(u) => match c.balloon.as_mut() {
+                Some(b) => b.stats_polling_interval_s = u.stats_polling_interval_s,
+                None => return Preboot::Reply(bad(NO_BALLOON)),
+            },
+            ApiRequest::DescribeBalloonStats => {
+                return Preboot::Reply(bad(
+                    "balloon statistics come from the running guest: start the VM first",
+                ))
+            }
             ApiRequest::PatchVm(_) => return Preboot::Reply(bad(BEFORE_START)),
             // Answered by `common`.
             _ => {}
@@ -302,8 +318,84 @@ impl Controller {
                     Err(e) => bad(format!("drive {}: {e}", p.drive_id)),
                 }
             }
+            ApiRequest::DescribeBalloonConfig => match (&self.config.balloon, vm.balloon()) {
+                (Some(b), Some(h)) => {
+                    let mut b = b.clone();
+                    b.amount_mib = h.target_pages() / PAGES_PER_MIB;
+                    b.stats_polling_interval_s = h.stats_interval_s();
+                    ApiResponse::ok_json(&b)
+                }
+                _ => bad(NO_BALLOON),
+            },
+            ApiRequest::PatchBalloon(u) => {
+                let Some(h) = vm.balloon() else {
+                    return bad(NO_BALLOON);
+                };
+                match h.set_target_mib(u.amount_mib) {
+                    Ok(()) => {
+                        crate::vlog!(Level::Info, "balloon target: {} MiB", u.amount_mib);
+                        if let Some(b) = self.config.balloon.as_mut() {
+                            b.amount_mib = u.amount_mib;
+                        }
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => bad(e),
+                }
+            }
+            ApiRequest::PatchBalloonStatsInterval(u) => {
+                let Some(h) = vm.balloon() else {
+                    return bad(NO_BALLOON);
+                };
+                match h.set_stats_interval(u.stats_polling_interval_s) {
+                    Ok(()) => {
+                        if let Some(b) = self.config.balloon.as_mut() {
+                            b.stats_polling_interval_s = u.stats_polling_interval_s;
+                        }
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => bad(e),
+                }
+            }
+            ApiRequest::DescribeBalloonStats => match vm.balloon() {
+                None => bad(NO_BALLOON),
+                Some(h) if h.stats_interval_s() == 0 => {
+                    bad("balloon statistics are not enabled (stats_polling_interval_s is 0)")
+                }
+                Some(h) => ApiResponse::ok_json(&balloon_stats(h)),
+            },
             _ => bad(AFTER_START),
         }
+    }
+}
+
+const NO_BALLOON: &str = "there is no balloon device: PUT /balloon before starting the VM";
+
+/// The balloon's size and the guest's last statistics, as Firecracker
+/// reports them.
+fn balloon_stats(h: &BalloonHandle) -> api::models::BalloonStats {
+    let s = h.stats();
+    let (target, actual) = (h.target_pages(), h.actual_pages());
+    api::models::BalloonStats {
+        target_pages: target,
+        actual_pages: actual,
+        target_mib: target / PAGES_PER_MIB,
+        actual_mib: actual / PAGES_PER_MIB,
+        swap_in: s.swap_in,
+        swap_out: s.swap_out,
+        major_faults: s.major_faults,
+        minor_faults: s.minor_faults,
+        free_memory: s.free_memory,
+        total_memory: s.total_memory,
+        available_memory: s.available_memory,
+        disk_caches: s.disk_caches,
+        hugetlb_allocations: s.hugetlb_allocations,
+        hugetlb_failures: s.hugetlb_failures,
+        oom_kill: s.oom_kill,
+        alloc_stall: s.alloc_stall,
+        async_scan: s.async_scan,
+        direct_scan: s.direct_scan,
+        async_reclaim: s.async_reclaim,
+        direct_reclaim: s.direct_reclaim,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Vm {
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) serial_input_ready: EventFd,
     pub(crate) exit: Arc<ExitNotifier>,
+    /// The balloon's handle (target, size, statistics), if there is one.
+    pub(crate) balloon: Option<devices::virtio::balloon::BalloonHandle>,
 }
 
 fn open_file(path: &Path, what: &'static str) -> Result<File, Error> {
@@ -386,6 +388,13 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         }
         wanted.push(Box::new(dev));
     }
+    let mut balloon = None;
+    if let Some(b) = &config.balloon {
+        let dev = devices::virtio::balloon::Balloon::new(*b, config.memory_mib)
+            .map_err(Error::Balloon)?;
+        balloon = Some(dev.handle());
+        wanted.push(Box::new(dev));
+    }
     for device in wanted {
         virtio.push(crate::transport::add_virtio(
             transport,
@@ -463,5 +472,6 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         i8042,
         serial_input_ready,
         exit,
+        balloon,
     })
 }

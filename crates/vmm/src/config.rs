@@ -246,6 +246,9 @@ pub struct VmConfig {
     /// virtio-net NICs, in the order the guest sees them (eth0, eth1, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nets: Vec<NetConfig>,
+    /// A memory balloon, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<devices::virtio::balloon::BalloonSettings>,
 }
 
 pub fn default_vcpus() -> u8 {
@@ -271,6 +274,7 @@ impl VmConfig {
             rng: None,
             vsock: None,
             nets: Vec::new(),
+            balloon: None,
         }
     }
 

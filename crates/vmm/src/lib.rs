@@ -67,6 +67,8 @@ pub enum Error {
     Disk(#[from] devices::virtio::block::Error),
     #[error(transparent)]
     Vsock(#[from] devices::virtio::vsock::Error),
+    #[error("balloon: {0}")]
+    Balloon(String),
     #[error(transparent)]
     Net(#[from] devices::virtio::net::Error),
     #[error("net {tap}: {reason}")]

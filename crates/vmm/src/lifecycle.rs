@@ -122,6 +122,7 @@ impl Vm {
                 let nic = i.checked_sub(self.config.disks.len());
                 let name = match (device.device_type(), disk) {
                     (device_type::RNG, _) => "entropy".to_string(),
+                    (device_type::BALLOON, _) => "balloon".to_string(),
                     (device_type::VSOCK, _) => "vsock".to_string(),
                     (device_type::NET, _) => {
                         let n = nic.unwrap_or(0);
@@ -194,6 +195,11 @@ impl Vm {
         net.rx_rate_limiter = Some(now.0);
         net.tx_rate_limiter = Some(now.1);
         Ok(now)
+    }
+
+    /// The balloon's handle, if the VM has a balloon.
+    pub fn balloon(&self) -> Option<&devices::virtio::balloon::BalloonHandle> {
+        self.balloon.as_ref()
     }
 
     /// Press Ctrl-Alt-Del on the guest's keyboard (a stock guest reboots,

@@ -9,9 +9,11 @@
 //! is_root_device, partuuid, drive_id as the disk's serial, rate_limiter),
 //! `network-interfaces` (iface_id, host_dev_name, guest_mac, mtu, rx and
 //! tx rate limiters), `entropy` (rate_limiter), `vsock` (guest_cid,
-//! uds_path), `serial` (serial_out_path). What a VM in this version of
-//! Vireo cannot have yet is refused with the field named, rather than
-//! silently dropped: balloon, pmem, memory hotplug, vhost-user
+//! uds_path), `serial` (serial_out_path), `balloon` (amount_mib,
+//! deflate_on_oom, stats_polling_interval_s, free_page_reporting). What a
+//! VM in this version of Vireo cannot have yet is refused with the field
+//! named, rather than silently dropped: balloon free page hinting, pmem,
+//! memory hotplug, vhost-user
 //! drives, huge pages, dirty-page tracking, CPU templates and SMT.
 
 use std::path::PathBuf;
@@ -52,8 +54,11 @@ fn unsupported(field: impl Into<String>, what: impl Into<String>) -> ResourceErr
 /// Refuse the parts of `fc` Vireo cannot build yet.
 fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
     let issue = |what: &str, n: u32| format!("{what} (issue {n})");
-    if fc.balloon.is_some() {
-        return Err(unsupported("balloon", issue("virtio-balloon", 7)));
+    if fc.balloon.as_ref().is_some_and(|b| b.free_page_hinting) {
+        return Err(unsupported(
+            "balloon.free_page_hinting",
+            issue("free page hinting", 7),
+        ));
     }
     if fc.memory_hotplug.is_some() {
         return Err(unsupported("memory-hotplug", issue("virtio-mem", 7)));
@@ -166,6 +171,7 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
         uds_path: PathBuf::from(&v.uds_path),
         host_relay: false,
     });
+    config.balloon = fc.balloon.as_ref().map(balloon_settings);
     config.rng = fc.entropy.as_ref().map(|e| RngConfig {
         rate_limiter: e.rate_limiter.as_ref().map(rate_limiter),
     });
@@ -173,6 +179,16 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
         config.console = ConsoleConfig::File(PathBuf::from(path));
     }
     Ok(config)
+}
+
+/// Firecracker's balloon JSON as the device's settings.
+pub fn balloon_settings(b: &api::models::Balloon) -> devices::virtio::balloon::BalloonSettings {
+    devices::virtio::balloon::BalloonSettings {
+        amount_mib: b.amount_mib,
+        deflate_on_oom: b.deflate_on_oom,
+        stats_interval_s: b.stats_polling_interval_s,
+        free_page_reporting: b.free_page_reporting,
+    }
 }
 
 /// Firecracker's rate limiter JSON as the devices' limiter settings.
@@ -263,8 +279,8 @@ mod tests {
         );
         for (json, field) in [
             (
-                r#""balloon": {"amount_mib": 0, "deflate_on_oom": false}"#,
-                "balloon",
+                r#""balloon": {"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#,
+                "balloon.free_page_hinting",
             ),
             (
                 r#""machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
@@ -277,6 +293,25 @@ mod tests {
             let err = to_vm_config(&fc, false).unwrap_err().to_string();
             assert!(err.starts_with(field), "{err}");
         }
+    }
+
+    #[test]
+    fn the_balloon_maps_across() {
+        let fc = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "balloon": {"amount_mib": 64, "deflate_on_oom": true,
+                            "stats_polling_interval_s": 2, "free_page_reporting": true}}"#,
+        );
+        let b = to_vm_config(&fc, false).unwrap().balloon.unwrap();
+        assert_eq!(
+            b,
+            devices::virtio::balloon::BalloonSettings {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_interval_s: 2,
+                free_page_reporting: true,
+            }
+        );
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub struct GuestStats {
     pub disk_caches: Option<u64>,
     pub hugetlb_allocations: Option<u64>,
     pub hugetlb_failures: Option<u64>,
+    pub oom_kill: Option<u64>,
+    pub alloc_stall: Option<u64>,
+    pub async_scan: Option<u64>,
+    pub direct_scan: Option<u64>,
+    pub async_reclaim: Option<u64>,
+    pub direct_reclaim: Option<u64>,
 }
 
 impl GuestStats {
@@ -37,6 +43,12 @@ impl GuestStats {
             7 => &mut self.disk_caches,
             8 => &mut self.hugetlb_allocations,
             9 => &mut self.hugetlb_failures,
+            10 => &mut self.oom_kill,
+            11 => &mut self.alloc_stall,
+            12 => &mut self.async_scan,
+            13 => &mut self.direct_scan,
+            14 => &mut self.async_reclaim,
+            15 => &mut self.direct_reclaim,
             _ => return false,
         };
         *slot = Some(value);

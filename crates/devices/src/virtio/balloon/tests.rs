@@ -167,7 +167,14 @@ fn statistics_are_read_held_and_handed_back_when_due() {
     let mem = guest_memory();
     let mut s = setup(&mem);
     let mut buf = Vec::new();
-    for (tag, v) in [(4u16, 1000u64), (5, 4096), (6, 2000), (42, 7), (0, 3)] {
+    for (tag, v) in [
+        (4u16, 1000u64),
+        (5, 4096),
+        (6, 2000),
+        (42, 7),
+        (0, 3),
+        (15, 9),
+    ] {
         buf.extend(tag.to_le_bytes());
         buf.extend(v.to_le_bytes());
     }
@@ -183,6 +190,7 @@ fn statistics_are_read_held_and_handed_back_when_due() {
     assert_eq!(st.total_memory, Some(4096));
     assert_eq!(st.available_memory, Some(2000));
     assert_eq!(st.swap_in, Some(3));
+    assert_eq!(st.direct_reclaim, Some(9));
     assert_eq!(st.disk_caches, None);
     assert_eq!(BalloonMetrics::get(&m.stats_updates), 1);
     w.request_stats();
