@@ -598,36 +598,17 @@ fn wait_uptimes(console: &Path, n: usize, timeout: Duration) -> Vec<f64> {
     }
 }
 
-/// A stock Debian guest (the default guest) driven through the API on
-/// whichever path this host needs (here: the nested rig, with the socket on
-/// the host and requests relayed into L1), in Firecracker's getting-started
-/// shape: boot args with `pci=off` and a root drive, which the guest's
-/// stock virtio_mmio driver finds through ACPI. Configure, start, read the
-/// console (the drive's file, and the transport it came through), pause
-/// (the console and the guest's clock stop), resume, and Ctrl-Alt-Del,
-/// after which the guest reboots and Vireo exits 0.
-#[test]
-fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_del() {
-    common::announce_path();
+/// PUT the default guest running `script` (boot args `extra` added),
+/// 1 vCPU and 256 MiB, its console to `console`.
+fn put_stock_guest(vmm: &Vmm, script: &str, extra: &str, console: &Path) {
     let g = guest::ensure_default_guest().expect("default guest");
-    let vmm = Vmm::start_with("stock", &[]);
-    let console = scratch("stock.console");
-    let dir = scratch("rootfs");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let rootfs = common::ext4_image(&dir, 16, &[("hello", "hello from the root drive")]);
-    // Exit status 7 if the loop ever ends: Ctrl-Alt-Del must end it first.
-    let script = "mkdir -p /mnt; mount -t ext4 /dev/vda /mnt && cat /mnt/hello; echo; \
-                  echo dev $(readlink -f /sys/block/vda); \
-                  i=0; while [ $i -lt 600 ]; do echo up $(cut -d' ' -f1 /proc/uptime); \
-                  sleep 0.3; i=$((i+1)); done; exit 7";
     let cmd = guest::command_param(&["sh".into(), "-c".into(), script.into()]);
     vmm.ok(
         "PUT",
         "/boot-source",
         &format!(
             r#"{{"kernel_image_path": "{}", "initrd_path": "{}",
-                 "boot_args": "console=ttyS0 reboot=k panic=1 pci=off quiet {cmd}"}}"#,
+                 "boot_args": "console=ttyS0 reboot=k panic=1 {extra}quiet {cmd}"}}"#,
             g.kernel.display(),
             g.initrd.display()
         ),
@@ -639,18 +620,13 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
     );
     vmm.ok(
         "PUT",
-        "/drives/rootfs",
-        &format!(
-            r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true,
-                 "is_read_only": false}}"#,
-            rootfs.display()
-        ),
-    );
-    vmm.ok(
-        "PUT",
         "/serial",
         &format!(r#"{{"serial_out_path": "{}"}}"#, console.display()),
     );
+}
+
+/// InstanceStart, which on the rig's path waits for the L1 machine.
+fn start_instance(vmm: &Vmm) {
     let t0 = Instant::now();
     let start = request(
         &vmm.sock,
@@ -662,6 +638,43 @@ fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_d
     .unwrap();
     assert_eq!(start.status, 204, "{}", start.body);
     eprintln!("InstanceStart answered after {:.1?}", t0.elapsed());
+}
+
+/// A stock Debian guest (the default guest) driven through the API on
+/// whichever path this host needs (here: the nested rig, with the socket on
+/// the host and requests relayed into L1), in Firecracker's getting-started
+/// shape: boot args with `pci=off` and a root drive, which the guest's
+/// stock virtio_mmio driver finds through ACPI. Configure, start, read the
+/// console (the drive's file, and the transport it came through), pause
+/// (the console and the guest's clock stop), resume, and Ctrl-Alt-Del,
+/// after which the guest reboots and Vireo exits 0.
+#[test]
+fn a_stock_guest_through_the_api_pauses_with_its_clock_and_reboots_on_ctrl_alt_del() {
+    common::announce_path();
+    // Built (on first use) before the VMM starts.
+    guest::ensure_default_guest().expect("default guest");
+    let vmm = Vmm::start_with("stock", &[]);
+    let console = scratch("stock.console");
+    let dir = scratch("rootfs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = common::ext4_image(&dir, 16, &[("hello", "hello from the root drive")]);
+    // Exit status 7 if the loop ever ends: Ctrl-Alt-Del must end it first.
+    let script = "mkdir -p /mnt; mount -t ext4 /dev/vda /mnt && cat /mnt/hello; echo; \
+                  echo dev $(readlink -f /sys/block/vda); \
+                  i=0; while [ $i -lt 600 ]; do echo up $(cut -d' ' -f1 /proc/uptime); \
+                  sleep 0.3; i=$((i+1)); done; exit 7";
+    put_stock_guest(&vmm, script, "pci=off ", &console);
+    vmm.ok(
+        "PUT",
+        "/drives/rootfs",
+        &format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true,
+                 "is_read_only": false}}"#,
+            rootfs.display()
+        ),
+    );
+    start_instance(&vmm);
     assert_eq!(vmm.state(), "Running");
     wait_uptimes(&console, 3, common::BOOT_TIMEOUT);
     let text = std::fs::read_to_string(&console).unwrap();
@@ -742,4 +755,198 @@ fn a_config_file_boots_a_stock_guest_without_an_api() {
     o.assert_code(3);
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(text.contains("from-config-file"), "{text}\n{}", o.dump());
+}
+
+/// A stock guest with a balloon through the API (the nested rig here)
+/// that fills 120 MiB of its memory (resident on the host), frees it and
+/// then prints its MemTotal (see `fill_then_report`); returns the VMM, its
+/// console file and the guest RAM resident when the guest was full.
+fn balloon_guest(name: &str, balloon: &str) -> (Vmm, PathBuf, u64) {
+    common::announce_path();
+    guest::ensure_default_guest().expect("default guest");
+    let vmm = Vmm::start_with(name, &[]);
+    let console = scratch(&format!("{name}.console"));
+    put_stock_guest(&vmm, &fill_then_report(120), "", &console);
+    vmm.ok("PUT", "/balloon", balloon);
+    start_instance(&vmm);
+    wait_console(&console, "FILLED");
+    let filled = vmm.guest_resident();
+    assert!(
+        filled > 120 * MIB,
+        "guest RAM resident after filling: {filled}"
+    );
+    wait_console(&console, "FREED");
+    (vmm, console, filled)
+}
+
+/// The guest fills a tmpfs with `mib` MiB, so those pages are resident
+/// on the host, then frees them; then it prints its MemTotal (KiB) every
+/// half second as "mem N".
+fn fill_then_report(mib: u32) -> String {
+    format!(
+        "mkdir -p /mnt/f; mount -t tmpfs -o size=220m tmpfs /mnt/f; \
+         dd if=/dev/zero of=/mnt/f/x bs=1M count={mib} 2>/dev/null; echo FILLED; sleep 4; \
+         rm /mnt/f/x; echo FREED; \
+         while :; do echo mem $(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo); sleep 0.5; done"
+    )
+}
+
+fn wait_console(console: &Path, marker: &str) {
+    let deadline = Instant::now() + common::BOOT_TIMEOUT;
+    while !std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .contains(marker)
+    {
+        assert!(Instant::now() < deadline, "no {marker:?} on the console");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The guest's last printed MemTotal, in KiB.
+fn guest_mem_total(console: &Path) -> u64 {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("mem "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+impl Vmm {
+    fn json(&self, path: &str) -> serde_json::Value {
+        let r = self.call("GET", path, None);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    fn guest_resident(&self) -> u64 {
+        self.json("/vm/memory")["guest_resident"].as_u64().unwrap()
+    }
+
+    /// Wait until the balloon's actual size (as the guest reports it) is
+    /// `mib`.
+    fn wait_balloon(&self, mib: u64) {
+        let deadline = Instant::now() + common::BOOT_TIMEOUT;
+        loop {
+            let s = self.json("/balloon/statistics");
+            if s["actual_mib"].as_u64() == Some(mib) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "balloon never reached {mib} MiB: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Inflating the balloon gives the guest's pages back to the host (the
+/// VMM's resident guest RAM falls by about the balloon's size) and takes
+/// them from the guest (its MemTotal falls to match); the statistics agree
+/// with the guest's own numbers; deflating returns the memory; a target
+/// larger than the VM is refused with the VM unharmed.
+#[test]
+fn the_balloon_inflates_and_deflates_a_stock_guest() {
+    let (vmm, console, _) = balloon_guest(
+        "balloon",
+        r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let total_before = guest_mem_total(&console);
+    let resident_before = vmm.guest_resident();
+
+    vmm.ok("PATCH", "/balloon", r#"{"amount_mib": 80}"#);
+    vmm.wait_balloon(80);
+    std::thread::sleep(Duration::from_secs(2));
+    let resident_after = vmm.guest_resident();
+    let total_after = guest_mem_total(&console);
+    eprintln!(
+        "balloon 80 MiB: guest RAM resident {} -> {} MiB, guest MemTotal {} -> {} MiB",
+        resident_before / MIB,
+        resident_after / MIB,
+        total_before / 1024,
+        total_after / 1024
+    );
+    assert!(
+        resident_before.saturating_sub(resident_after) >= 64 * MIB,
+        "inflating by 80 MiB released only {} MiB",
+        resident_before.saturating_sub(resident_after) / MIB
+    );
+    let dropped_kib = total_before.saturating_sub(total_after);
+    assert!(
+        (78 * 1024..=82 * 1024).contains(&dropped_kib),
+        "guest MemTotal fell by {dropped_kib} KiB for an 80 MiB balloon"
+    );
+    // The statistics are the guest's: its total memory, as it printed it.
+    let stats = vmm.json("/balloon/statistics");
+    let st_total = stats["total_memory"].as_u64().unwrap();
+    assert!(
+        st_total.abs_diff(total_after * 1024) <= 2 * MIB,
+        "statistics total {st_total} vs the guest's MemTotal {total_after} KiB: {stats}"
+    );
+    assert!(stats["free_memory"].as_u64().is_some(), "{stats}");
+    assert_eq!(stats["target_mib"].as_u64(), Some(80), "{stats}");
+    assert_eq!(vmm.json("/balloon")["amount_mib"].as_u64(), Some(80));
+    let mem = vmm.json("/vm/memory");
+    assert_eq!(mem["guest_ram"].as_u64(), Some(256 * MIB), "{mem}");
+    assert_eq!(mem["balloon_actual"].as_u64(), Some(80 * MIB), "{mem}");
+    assert!(mem["vmm_overhead"].as_u64().unwrap() > 0, "{mem}");
+
+    // Bad targets: refused, the balloon unchanged.
+    vmm.refused(
+        "PATCH",
+        "/balloon",
+        Some(r#"{"amount_mib": 300}"#),
+        "larger than",
+    );
+    vmm.refused(
+        "PATCH",
+        "/balloon/statistics",
+        Some(r#"{"stats_polling_interval_s": 0}"#),
+        "cannot be turned off",
+    );
+    assert_eq!(vmm.json("/balloon")["amount_mib"].as_u64(), Some(80));
+
+    // Deflating gives the guest its memory back.
+    vmm.ok("PATCH", "/balloon", r#"{"amount_mib": 0}"#);
+    vmm.wait_balloon(0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(guest_mem_total(&console), total_before);
+    vmm.stop();
+}
+
+/// With free page reporting, memory the guest frees goes back to the host
+/// by itself, without any balloon target.
+#[test]
+fn free_page_reporting_returns_freed_guest_memory() {
+    let (vmm, _, filled) = balloon_guest(
+        "reporting",
+        r#"{"amount_mib": 0, "deflate_on_oom": true, "free_page_reporting": true}"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = vmm.guest_resident();
+        if filled.saturating_sub(now) >= 96 * MIB {
+            eprintln!(
+                "free page reporting: guest RAM resident {} -> {} MiB",
+                filled / MIB,
+                now / MIB
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "freed 120 MiB in the guest; resident guest RAM only went {} -> {} MiB",
+            filled / MIB,
+            now / MIB
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = vmm.call("GET", "/balloon/statistics", None);
+    assert_eq!(r.status, 400, "statistics are off here: {}", r.body);
+    vmm.stop();
 }

@@ -87,6 +87,8 @@ pub enum ApiRequest {
     PatchVm(Vm),
     /// `GET /vm/config`
     GetVmConfig,
+    /// `GET /vm/memory` (Vireo's own): the VM's host memory accounting
+    GetVmMemory,
     /// `PUT /vsock`
     PutVsock(Vsock),
 }
@@ -161,6 +163,7 @@ pub enum Op {
     GetVersion,
     PatchVm,
     GetVmConfig,
+    GetVmMemory,
     PutVsock,
 }
 
@@ -237,6 +240,7 @@ pub const ROUTES: &[Route] = &[
     route(Get,   "/version",                        Op::GetVersion,                NoBody),
     route(Patch, "/vm",                             Op::PatchVm,                   Required),
     route(Get,   "/vm/config",                      Op::GetVmConfig,               NoBody),
+    route(Get,   "/vm/memory",                      Op::GetVmMemory,               NoBody),
     route(Put,   "/vsock",                          Op::PutVsock,                  Required),
 ];
 
@@ -367,6 +371,7 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest
         Op::GetVersion => ApiRequest::GetVersion,
         Op::PatchVm => ApiRequest::PatchVm(parse_json("vm state", body)?),
         Op::GetVmConfig => ApiRequest::GetVmConfig,
+        Op::GetVmMemory => ApiRequest::GetVmMemory,
         Op::PutVsock => ApiRequest::PutVsock(parse_json("vsock", body)?),
     })
 }

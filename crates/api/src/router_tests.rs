@@ -25,6 +25,7 @@ fn simple_gets() {
     assert_eq!(ok("GET", "/", ""), ApiRequest::DescribeInstance);
     assert_eq!(ok("GET", "/version", ""), ApiRequest::GetVersion);
     assert_eq!(ok("GET", "/vm/config", ""), ApiRequest::GetVmConfig);
+    assert_eq!(ok("GET", "/vm/memory", ""), ApiRequest::GetVmMemory);
     assert_eq!(
         ok("GET", "/machine-config", ""),
         ApiRequest::GetMachineConfig

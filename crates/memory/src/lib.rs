@@ -62,7 +62,22 @@ pub fn check_size(mib: u64) -> Result<(), Error> {
 /// Allocate guest RAM (anonymous, private, not reserved up front).
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemory, Error> {
     check_size(mib)?;
-    GuestMemoryMmap::from_ranges(&ram_ranges(mib)).map_err(|e| Error::Mmap(mib, e))
+    let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mib)).map_err(|e| Error::Mmap(mib, e))?;
+    exclude_from_dumps(&mem);
+    Ok(mem)
+}
+
+/// Keep guest RAM out of the VMM's core dumps (the guest's secrets are not
+/// the VMM's to dump). The flag also keeps the kernel from merging a guest
+/// RAM mapping with its neighbours, so each entry of /proc/self/smaps is
+/// either guest RAM or not, which the memory accounting relies on.
+pub fn exclude_from_dumps(mem: &GuestMemory) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in mem.iter() {
+        // SAFETY: the range is exactly one mapping this process owns;
+        // MADV_DONTDUMP changes only how a core dump treats it.
+        unsafe { libc::madvise(r.as_ptr().cast(), r.len() as usize, libc::MADV_DONTDUMP) };
+    }
 }
 
 #[cfg(test)]

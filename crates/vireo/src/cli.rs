@@ -194,6 +194,9 @@ pub enum CtlAction {
     },
     /// The balloon's statistics (GET /balloon/statistics)
     Stats,
+    /// Where the VM's memory is on the host: guest RAM resident and
+    /// swapped, the VMM's own overhead, the balloon (GET /vm/memory)
+    Memory,
     /// Write the metrics now (FlushMetrics)
     FlushMetrics,
     /// Any request: METHOD PATH [JSON BODY]

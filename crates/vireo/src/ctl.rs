@@ -42,6 +42,7 @@ pub fn request_of(action: &CtlAction) -> (String, String, Option<String>) {
             Some(format!("{{\"amount_mib\": {mib}}}")),
         ),
         CtlAction::Stats => ("GET".into(), "/balloon/statistics".into(), None),
+        CtlAction::Memory => ("GET".into(), "/vm/memory".into(), None),
         CtlAction::FlushMetrics => put_action("FlushMetrics"),
         CtlAction::Raw { method, path, body } => {
             (method.to_uppercase(), path.clone(), body.clone())

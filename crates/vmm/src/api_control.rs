@@ -224,6 +224,9 @@ impl Controller {
                 Some(b) => b.stats_polling_interval_s = u.stats_polling_interval_s,
                 None => return Preboot::Reply(bad(NO_BALLOON)),
             },
+            ApiRequest::GetVmMemory => {
+                return Preboot::Reply(bad("memory accounting is for a running VM: start it first"))
+            }
             ApiRequest::DescribeBalloonStats => {
                 return Preboot::Reply(bad(
                     "balloon statistics come from the running guest: start the VM first",
@@ -318,13 +321,16 @@ impl Controller {
                     Err(e) => bad(format!("drive {}: {e}", p.drive_id)),
                 }
             }
-            ApiRequest::DescribeBalloonConfig => match (&self.config.balloon, vm.balloon()) {
-                (Some(b), Some(h)) => {
-                    let mut b = b.clone();
-                    b.amount_mib = h.target_pages() / PAGES_PER_MIB;
-                    b.stats_polling_interval_s = h.stats_interval_s();
-                    ApiResponse::ok_json(&b)
-                }
+            // From the VM itself (a nested VM's controller in L1 holds no
+            // Firecracker configuration).
+            ApiRequest::DescribeBalloonConfig => match (&vm.config.balloon, vm.balloon()) {
+                (Some(b), Some(h)) => ApiResponse::ok_json(&api::models::Balloon {
+                    amount_mib: h.target_pages() / PAGES_PER_MIB,
+                    deflate_on_oom: b.deflate_on_oom,
+                    stats_polling_interval_s: h.stats_interval_s(),
+                    free_page_hinting: false,
+                    free_page_reporting: b.free_page_reporting,
+                }),
                 _ => bad(NO_BALLOON),
             },
             ApiRequest::PatchBalloon(u) => {
@@ -356,6 +362,25 @@ impl Controller {
                     Err(e) => bad(e),
                 }
             }
+            ApiRequest::GetVmMemory => match vm.memory_usage() {
+                Ok(u) => {
+                    let page = u64::from(devices::virtio::balloon::PAGES_PER_MIB);
+                    let mib_bytes = |pages: u32| u64::from(pages) * (1 << 20) / page;
+                    ApiResponse::ok_json(&api::models::VmMemory {
+                        guest_ram: u.guest_ram,
+                        guest_resident: u.guest_resident,
+                        guest_swapped: u.guest_swapped,
+                        vmm_resident: u.process_resident,
+                        vmm_overhead: u.overhead(),
+                        balloon_target: vm.balloon().map(|h| mib_bytes(h.target_pages())),
+                        balloon_actual: vm.balloon().map(|h| mib_bytes(h.actual_pages())),
+                        ksm_merging_pages: u.ksm_merging_pages,
+                    })
+                }
+                Err(e) => {
+                    ApiResponse::fault(500, &format!("cannot read the process's memory maps: {e}"))
+                }
+            },
             ApiRequest::DescribeBalloonStats => match vm.balloon() {
                 None => bad(NO_BALLOON),
                 Some(h) if h.stats_interval_s() == 0 => {

@@ -10,6 +10,7 @@ pub mod console;
 pub mod event_loop;
 pub mod exit;
 pub mod lifecycle;
+pub mod memory_usage;
 pub mod observe;
 pub mod pci;
 pub mod resources;

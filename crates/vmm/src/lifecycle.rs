@@ -197,6 +197,11 @@ impl Vm {
         Ok(now)
     }
 
+    /// Where this VM's memory is on the host, measured now.
+    pub fn memory_usage(&self) -> std::io::Result<crate::memory_usage::Usage> {
+        crate::memory_usage::measure(&self._memory)
+    }
+
     /// The balloon's handle, if the VM has a balloon.
     pub fn balloon(&self) -> Option<&devices::virtio::balloon::BalloonHandle> {
         self.balloon.as_ref()

@@ -116,3 +116,29 @@ pub struct BalloonHintingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_cmd: Option<u32>,
 }
+
+/// `GET /vm/memory` (Vireo's own resource): where the VM's memory is on
+/// the host, measured from the process's mappings, for a host-wide memory
+/// manager. Bytes throughout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmMemory {
+    /// Guest RAM the VM was given.
+    pub guest_ram: u64,
+    /// Guest RAM resident in host memory now.
+    pub guest_resident: u64,
+    /// Guest RAM in host swap.
+    pub guest_swapped: u64,
+    /// The VMM process's whole resident memory.
+    pub vmm_resident: u64,
+    /// Resident memory that is not guest RAM: the VMM's own cost.
+    pub vmm_overhead: u64,
+    /// The balloon's target and the size the guest reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_target: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_actual: Option<u64>,
+    /// Guest pages KSM merged with others (where the host kernel says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksm_merging_pages: Option<u64>,
+}

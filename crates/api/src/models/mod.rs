@@ -16,7 +16,8 @@ pub mod snapshot;
 pub mod vm_config;
 
 pub use balloon::{
-    Balloon, BalloonHintingStatus, BalloonStartCmd, BalloonStats, BalloonStatsUpdate, BalloonUpdate,
+    Balloon, BalloonHintingStatus, BalloonStartCmd, BalloonStats, BalloonStatsUpdate,
+    BalloonUpdate, VmMemory,
 };
 pub use block::{CacheType, Drive, IoEngine, PartialDrive, PartialPmem, Pmem};
 pub use boot::BootSource;
