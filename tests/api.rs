@@ -950,3 +950,34 @@ fn free_page_reporting_returns_freed_guest_memory() {
     assert_eq!(r.status, 400, "statistics are off here: {}", r.body);
     vmm.stop();
 }
+
+/// Guest RAM on 2 MiB hugetlb pages (Firecracker's `huge_pages: "2M"`):
+/// on the rig's path L1 reserves them; the stock guest boots on them and
+/// the VM's memory accounting shows them.
+#[test]
+fn a_stock_guest_boots_on_huge_pages() {
+    common::announce_path();
+    guest::ensure_default_guest().expect("default guest");
+    let vmm = Vmm::start_with("huge", &[]);
+    let console = scratch("huge.console");
+    put_stock_guest(&vmm, "echo HUGE-UP; sleep 600", "", &console);
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "2M"}"#,
+    );
+    start_instance(&vmm);
+    wait_console(&console, "HUGE-UP");
+    let mem = vmm.json("/vm/memory");
+    let huge = mem["guest_huge_pages"].as_u64().unwrap();
+    let resident = mem["guest_resident"].as_u64().unwrap();
+    eprintln!(
+        "huge pages: {} MiB of guest RAM resident, all in 2 MiB pages: {}",
+        resident / MIB,
+        huge / MIB
+    );
+    assert!(huge >= 16 * MIB, "{mem}");
+    assert_eq!(huge % (2 * MIB), 0, "{mem}");
+    assert_eq!(huge, resident, "guest RAM not all in huge pages: {mem}");
+    vmm.stop();
+}

@@ -6,6 +6,7 @@
 //! RAM beyond 3 GiB continues at 4 GiB.
 
 pub mod allocator;
+pub mod backing;
 pub mod layout;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -20,6 +21,10 @@ pub enum Error {
     MoreThanHost { requested: u64, host: u64 },
     #[error("cannot map {0} MiB of guest memory: {1}")]
     Mmap(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error("cannot map {0} MiB of guest memory: {1}")]
+    Map(u64, String),
+    #[error("huge pages: {0}")]
+    HugePages(String),
 }
 
 /// The guest RAM ranges (start, length) for `mib` MiB of memory.
@@ -59,12 +64,19 @@ pub fn check_size(mib: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Allocate guest RAM (anonymous, private, not reserved up front).
+/// Allocate guest RAM (anonymous, private, not reserved up front, THP
+/// advised).
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemory, Error> {
+    create_guest_memory_with(mib, &backing::MemoryBacking::default())
+}
+
+/// Allocate guest RAM backed as `backing` says.
+pub fn create_guest_memory_with(
+    mib: u64,
+    backing: &backing::MemoryBacking,
+) -> Result<GuestMemory, Error> {
     check_size(mib)?;
-    let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mib)).map_err(|e| Error::Mmap(mib, e))?;
-    exclude_from_dumps(&mem);
-    Ok(mem)
+    backing::map(&ram_ranges(mib), backing, mib)
 }
 
 /// Keep guest RAM out of the VMM's core dumps (the guest's secrets are not

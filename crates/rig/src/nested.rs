@@ -105,8 +105,9 @@ fn nested(
     };
     run_l1(&L1Run {
         script: format!(
-            "{}{}",
+            "{}{}{}",
             bridge_script(&nics),
+            huge_page_script(config),
             run_script(interactive, control.map(|(_, id)| id))
         ),
         files,
@@ -307,6 +308,17 @@ fn check_readable(path: &Path, what: &str) -> Result<(), RigError> {
         .map_err(|e| RigError::io(path, e))
 }
 
+/// Reserve in L1 the huge pages the guest's memory asks for (L1 is sized
+/// for the guest's memory, so they fit); the inner vireo checks the pool
+/// and says clearly if L1 could not reserve them.
+fn huge_page_script(config: &VmConfig) -> String {
+    let Some(size) = config.memory_backing.hugepages else {
+        return String::new();
+    };
+    let pages = (config.memory_mib << 20) / size.bytes();
+    format!("echo {pages} > {}/nr_hugepages\n", size.sysfs_dir())
+}
+
 /// The tty the API relay reaches L1 on (the third serial port).
 pub const L1_CONTROL_TTY: &str = "/dev/ttyS2";
 
@@ -412,5 +424,13 @@ mod tests {
         assert!(run_script(false, Some("vm 1")).contains("--control-tty /dev/ttyS2"));
         assert!(run_script(false, Some("vm 1")).contains("--id 'vm 1'"));
         assert!(run_script(true, None).contains("setsid -c"));
+        let mut c = VmConfig::new("/k".into());
+        assert_eq!(huge_page_script(&c), "");
+        c.memory_mib = 256;
+        c.memory_backing.hugepages = Some(memory::backing::HugePageSize::Size2M);
+        assert_eq!(
+            huge_page_script(&c),
+            "echo 128 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages\n"
+        );
     }
 }

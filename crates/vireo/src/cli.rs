@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use devices::virtio::balloon::BalloonSettings;
+#[cfg(test)]
+use memory::backing::HugePageSize;
+use memory::backing::MemoryBacking;
 use vmm::config::{DiskConfig, NetConfig, RngConfig, Transport, VsockConfig};
 
 use crate::rate::{self, RateKeys};
@@ -306,9 +309,13 @@ pub struct RunArgs {
     /// Number of vCPUs (1 to 254)
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
     pub cpus: Option<u8>,
-    /// Guest memory: 512M, 2G, ... (a bare number is MiB) [default: 512M]
-    #[arg(long, value_name = "SIZE", value_parser = size::parse_mib)]
-    pub memory: Option<u64>,
+    /// Guest memory: 512M, 2G, ... (a bare number is MiB) [default: 512M],
+    /// or size=SIZE[,hugepages=2M|1G][,mergeable=on][,prefault=on][,shared=on]:
+    /// hugetlb pages the host reserved beforehand (else transparent huge
+    /// pages are advised), KSM page sharing, populated at start, a shared
+    /// memfd
+    #[arg(long, value_name = "SIZE|OPTIONS", value_parser = parse_memory)]
+    pub memory: Option<MemoryArg>,
     /// Serial console: stdio, off, or file=PATH
     #[arg(long, value_name = "MODE", value_parser = parse_console)]
     pub console: Option<ConsoleConfig>,
@@ -579,6 +586,52 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+/// `--memory`: a size, options, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryArg {
+    pub mib: Option<u64>,
+    pub backing: MemoryBacking,
+}
+
+fn parse_memory(s: &str) -> Result<MemoryArg, String> {
+    if !s.contains('=') {
+        return Ok(MemoryArg {
+            mib: Some(size::parse_mib(s)?),
+            backing: MemoryBacking::default(),
+        });
+    }
+    let mut m = MemoryArg {
+        mib: None,
+        backing: MemoryBacking::default(),
+    };
+    let on = |k: &str, v: &str| match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("invalid memory '{s}': {k} is on or off")),
+    };
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("size", v)) => m.mib = Some(size::parse_mib(v)?),
+            Some(("hugepages", v)) => {
+                m.backing.hugepages = Some(
+                    v.parse()
+                        .map_err(|e| format!("invalid memory '{s}': {e}"))?,
+                )
+            }
+            Some(("mergeable", v)) => m.backing.mergeable = on("mergeable", v)?,
+            Some(("prefault", v)) => m.backing.prefault = on("prefault", v)?,
+            Some(("shared", v)) => m.backing.shared = on("shared", v)?,
+            _ => {
+                return Err(format!(
+                "invalid memory '{s}': unknown option '{part}' (use size=SIZE, hugepages=2M|1G, \
+                     mergeable=on, prefault=on, shared=on)"
+            ))
+            }
+        }
+    }
+    Ok(m)
+}
+
 fn parse_balloon(s: &str) -> Result<BalloonSettings, String> {
     let mut b = BalloonSettings::default();
     let on_off = |k: &str, v: &str| match v {
@@ -652,7 +705,16 @@ impl RunArgs {
             config.vcpus = n;
         }
         if let Some(m) = self.memory {
-            config.memory_mib = m;
+            if let Some(mib) = m.mib {
+                config.memory_mib = mib;
+            }
+            config.memory_backing = m.backing;
+            // The huge page pool is checked where the VM runs (in L1 on
+            // the nested path, where the rig reserves it).
+            config
+                .memory_backing
+                .check_shape(config.memory_mib)
+                .map_err(|e| e.to_string())?;
         }
         if let Some(c) = &self.console {
             config.console = c.clone();
@@ -881,6 +943,39 @@ mod tests {
             let e = run_args(&["--net", bad]).err().unwrap().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn memory_flag_takes_a_size_or_options() {
+        let r = run_args(&["--memory", "1G"]).unwrap().to_request().unwrap();
+        assert_eq!(r.config.memory_mib, 1024);
+        assert_eq!(r.config.memory_backing, MemoryBacking::default());
+        let r = run_args(&["--memory", "size=256M,mergeable=on,prefault=on"])
+            .unwrap()
+            .to_request()
+            .unwrap();
+        assert_eq!(r.config.memory_mib, 256);
+        assert!(r.config.memory_backing.mergeable && r.config.memory_backing.prefault);
+        let a = run_args(&["--memory", "hugepages=2M,shared=on"]).unwrap();
+        assert_eq!(
+            a.memory.unwrap().backing.hugepages,
+            Some(HugePageSize::Size2M)
+        );
+        for (bad, needle) in [
+            ("size=1G,hugepages=4M", "2M or 1G"),
+            ("size=1G,colour=red", "unknown option"),
+            ("size=1G,mergeable=yes", "on or off"),
+            ("size=12Q", "invalid memory size"),
+        ] {
+            let e = run_args(&["--memory", bad]).err().unwrap().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        // Checked before anything boots: whole huge pages, KSM on private
+        // memory only.
+        let odd = run_args(&["--memory", "size=3,hugepages=2M"]).unwrap();
+        assert!(odd.to_request().err().unwrap().contains("whole number"));
+        let both = run_args(&["--memory", "size=64,mergeable=on,shared=on"]).unwrap();
+        assert!(both.to_request().err().unwrap().contains("private"));
     }
 
     #[test]

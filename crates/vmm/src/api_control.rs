@@ -370,6 +370,7 @@ impl Controller {
                         guest_ram: u.guest_ram,
                         guest_resident: u.guest_resident,
                         guest_swapped: u.guest_swapped,
+                        guest_huge_pages: u.guest_huge,
                         vmm_resident: u.process_resident,
                         vmm_overhead: u.overhead(),
                         balloon_target: vm.balloon().map(|h| mib_bytes(h.target_pages())),

@@ -271,7 +271,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     check_vcpus(config, hv.max_vcpus().min(MAX_VCPUS))?;
 
     let mut vm = hv.create_vm()?;
-    let mem = memory::create_guest_memory(config.memory_mib)?;
+    let mem = memory::create_guest_memory_with(config.memory_mib, &config.memory_backing)?;
     for region in mem.iter() {
         // SAFETY: the regions belong to `mem`, which `Vm` keeps alive for
         // longer than the KVM VM (see the field order of `Vm`).
@@ -390,7 +390,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     }
     let mut balloon = None;
     if let Some(b) = &config.balloon {
-        let dev = devices::virtio::balloon::Balloon::new(*b, config.memory_mib)
+        let discard = config.memory_backing.discard();
+        let dev = devices::virtio::balloon::Balloon::with_discard(*b, config.memory_mib, discard)
             .map_err(Error::Balloon)?;
         balloon = Some(dev.handle());
         wanted.push(Box::new(dev));

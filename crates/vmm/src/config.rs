@@ -228,6 +228,9 @@ pub struct VmConfig {
     pub vcpus: u8,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
+    /// How guest RAM is backed (huge pages, KSM, prefault, shared).
+    #[serde(default, skip_serializing_if = "is_default_backing")]
+    pub memory_backing: memory::backing::MemoryBacking,
     #[serde(default)]
     pub console: ConsoleConfig,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
@@ -251,6 +254,10 @@ pub struct VmConfig {
     pub balloon: Option<devices::virtio::balloon::BalloonSettings>,
 }
 
+fn is_default_backing(b: &memory::backing::MemoryBacking) -> bool {
+    *b == memory::backing::MemoryBacking::default()
+}
+
 pub fn default_vcpus() -> u8 {
     1
 }
@@ -268,6 +275,7 @@ impl VmConfig {
             cmdline: String::new(),
             vcpus: default_vcpus(),
             memory_mib: default_memory_mib(),
+            memory_backing: Default::default(),
             console: ConsoleConfig::default(),
             disks: Vec::new(),
             transport: Transport::default(),

@@ -16,6 +16,8 @@ pub struct Usage {
     pub guest_ram: u64,
     pub guest_resident: u64,
     pub guest_swapped: u64,
+    /// Guest RAM resident in huge pages (transparent or hugetlb).
+    pub guest_huge: u64,
     pub process_resident: u64,
     pub ksm_merging_pages: Option<u64>,
 }
@@ -37,24 +39,39 @@ pub fn measure(mem: &GuestMemory) -> std::io::Result<Usage> {
         })
         .collect();
     let smaps = std::fs::File::open("/proc/self/smaps")?;
-    let (guest_resident, guest_swapped) = guest_totals(std::io::BufReader::new(smaps), &ranges);
+    let t = guest_totals(std::io::BufReader::new(smaps), &ranges);
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")?;
-    let process_resident = field_kb(&rollup, "Rss:").unwrap_or(0) * 1024;
+    // Rss leaves hugetlb pages out; they are resident all the same.
+    let process_resident = ["Rss:", "Private_Hugetlb:", "Shared_Hugetlb:"]
+        .iter()
+        .map(|k| field_kb(&rollup, k).unwrap_or(0) * 1024)
+        .sum();
     let ksm_merging_pages = std::fs::read_to_string("/proc/self/ksm_stat")
         .ok()
         .and_then(|s| field_kb(&s, "ksm_merging_pages"));
     Ok(Usage {
         guest_ram: ranges.iter().map(|(s, e)| e - s).sum(),
-        guest_resident,
-        guest_swapped,
+        guest_resident: t.resident,
+        guest_swapped: t.swapped,
+        guest_huge: t.huge,
         process_resident,
         ksm_merging_pages,
     })
 }
 
-/// Sum `Rss` and `Swap` (bytes) of the smaps entries inside `ranges`.
-pub fn guest_totals(smaps: impl BufRead, ranges: &[(u64, u64)]) -> (u64, u64) {
-    let (mut rss, mut swap) = (0u64, 0u64);
+/// Bytes of the smaps entries inside guest RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestTotals {
+    /// Rss plus hugetlb pages (which Rss leaves out).
+    pub resident: u64,
+    pub swapped: u64,
+    /// Transparent and hugetlb huge pages.
+    pub huge: u64,
+}
+
+/// Sum the smaps entries inside `ranges`.
+pub fn guest_totals(smaps: impl BufRead, ranges: &[(u64, u64)]) -> GuestTotals {
+    let mut t = GuestTotals::default();
     let mut inside = false;
     for line in smaps.lines().map_while(Result::ok) {
         if let Some((start, end)) = mapping_range(&line) {
@@ -64,13 +81,19 @@ pub fn guest_totals(smaps: impl BufRead, ranges: &[(u64, u64)]) -> (u64, u64) {
         if !inside {
             continue;
         }
-        if let Some(kb) = field_kb(&line, "Rss:") {
-            rss += kb * 1024;
-        } else if let Some(kb) = field_kb(&line, "Swap:") {
-            swap += kb * 1024;
+        let kb = |key| field_kb(&line, key).map(|v| v * 1024);
+        if let Some(b) = kb("Rss:") {
+            t.resident += b;
+        } else if let Some(b) = kb("Swap:") {
+            t.swapped += b;
+        } else if let Some(b) = kb("AnonHugePages:") {
+            t.huge += b;
+        } else if let Some(b) = kb("Private_Hugetlb:").or_else(|| kb("Shared_Hugetlb:")) {
+            t.resident += b;
+            t.huge += b;
         }
     }
-    (rss, swap)
+    t
 }
 
 /// The address range of an smaps header line ("start-end perms ...").
@@ -107,6 +130,9 @@ Swap:                  0 kB
 7f0000400000-7f0000500000 rw-p 00000000 00:00 0
 Rss:                 512 kB
 Swap:                  4 kB
+7f0000600000-7f0000a00000 rw-p 00000000 00:0f 9 /anon_hugepage (deleted)
+Rss:                   0 kB
+Private_Hugetlb:    4096 kB
 ";
 
     #[test]
@@ -114,9 +140,13 @@ Swap:                  4 kB
         // Guest RAM is the two mappings from 7f0000000000 to 7f0000400000
         // (split by the kernel, as madvise and THP do).
         let ranges = [(0x7f00_0000_0000, 0x7f00_0040_0000)];
-        let (rss, swap) = guest_totals(SMAPS.as_bytes(), &ranges);
-        assert_eq!(rss, (1024 + 8) * 1024);
-        assert_eq!(swap, 16 * 1024);
+        let t = guest_totals(SMAPS.as_bytes(), &ranges);
+        assert_eq!(t.resident, (1024 + 8) * 1024);
+        assert_eq!(t.swapped, 16 * 1024);
+        assert_eq!(t.huge, 0);
+        // A hugetlb mapping: its pages count as resident and huge.
+        let t = guest_totals(SMAPS.as_bytes(), &[(0x7f00_0060_0000, 0x7f00_00a0_0000)]);
+        assert_eq!((t.resident, t.huge), (4 << 20, 4 << 20));
     }
 
     #[test]

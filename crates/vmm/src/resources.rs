@@ -14,7 +14,8 @@
 //! VM in this version of Vireo cannot have yet is refused with the field
 //! named, rather than silently dropped: balloon free page hinting, pmem,
 //! memory hotplug, vhost-user
-//! drives, huge pages, dirty-page tracking, CPU templates and SMT.
+//! drives, dirty-page tracking, CPU templates and SMT. `huge_pages` "2M"
+//! backs guest RAM with 2 MiB hugetlb pages.
 
 use std::path::PathBuf;
 
@@ -67,12 +68,6 @@ fn check_supported(fc: &FullVmConfiguration) -> Result<(), ResourceError> {
         return Err(unsupported("pmem", "virtio-pmem"));
     }
     if let Some(m) = &fc.machine_config {
-        if m.huge_pages != HugePages::None {
-            return Err(unsupported(
-                "machine-config.huge_pages",
-                issue("huge pages", 7),
-            ));
-        }
         if m.track_dirty_pages {
             return Err(unsupported(
                 "machine-config.track_dirty_pages",
@@ -123,6 +118,9 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
     config.vcpus = machine.vcpu_count;
     config.memory_mib = u64::try_from(machine.mem_size_mib)
         .map_err(|_| ResourceError::Memory(machine.mem_size_mib))?;
+    if machine.huge_pages == HugePages::Hugetlbfs2M {
+        config.memory_backing.hugepages = Some(memory::backing::HugePageSize::Size2M);
+    }
 
     let mut root: Option<&api::models::Drive> = None;
     for d in &fc.drives {
@@ -283,8 +281,8 @@ mod tests {
                 "balloon.free_page_hinting",
             ),
             (
-                r#""machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#,
-                "machine-config.huge_pages",
+                r#""machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#,
+                "machine-config.track_dirty_pages",
             ),
         ] {
             let fc = parse(&format!(
@@ -296,13 +294,28 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_map_across() {
+        let fc = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}}"#,
+        );
+        let c = to_vm_config(&fc, false).unwrap();
+        assert_eq!(
+            c.memory_backing.hugepages,
+            Some(memory::backing::HugePageSize::Size2M)
+        );
+    }
+
+    #[test]
     fn the_balloon_maps_across() {
         let fc = parse(
             r#"{"boot-source": {"kernel_image_path": "/k"},
                 "balloon": {"amount_mib": 64, "deflate_on_oom": true,
                             "stats_polling_interval_s": 2, "free_page_reporting": true}}"#,
         );
-        let b = to_vm_config(&fc, false).unwrap().balloon.unwrap();
+        let c = to_vm_config(&fc, false).unwrap();
+        assert_eq!(c.memory_backing, Default::default());
+        let b = c.balloon.unwrap();
         assert_eq!(
             b,
             devices::virtio::balloon::BalloonSettings {

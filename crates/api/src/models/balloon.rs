@@ -129,6 +129,8 @@ pub struct VmMemory {
     pub guest_resident: u64,
     /// Guest RAM in host swap.
     pub guest_swapped: u64,
+    /// Guest RAM resident in huge pages (transparent or hugetlb).
+    pub guest_huge_pages: u64,
     /// The VMM process's whole resident memory.
     pub vmm_resident: u64,
     /// Resident memory that is not guest RAM: the VMM's own cost.

@@ -72,6 +72,8 @@ pub(super) struct Shared {
     pub changed: EventFd,
     /// Guest RAM, in 4 KiB pages: the largest possible target.
     pub ram_pages: u32,
+    /// How pages go back to the host (the RAM's backing decides).
+    pub discard: super::release::Discard,
 }
 
 /// The VMM's handle on a balloon (cheap to clone).
@@ -159,9 +161,20 @@ pub struct Balloon {
 }
 
 impl Balloon {
-    /// A balloon for a VM of `ram_mib` MiB; refused when the target at
-    /// boot is larger than the VM.
+    /// A balloon for a VM of `ram_mib` MiB of private, normal pages;
+    /// refused when the target at boot is larger than the VM.
     pub fn new(settings: BalloonSettings, ram_mib: u64) -> Result<Balloon, String> {
+        let private = memory::backing::MemoryBacking::default().discard();
+        Balloon::with_discard(settings, ram_mib, private)
+    }
+
+    /// A balloon whose pages go back to the host as `discard` says (see
+    /// `memory::backing::MemoryBacking::discard`).
+    pub fn with_discard(
+        settings: BalloonSettings,
+        ram_mib: u64,
+        discard: super::release::Discard,
+    ) -> Result<Balloon, String> {
         let ram_pages = u32::try_from(ram_mib.saturating_mul(u64::from(PAGES_PER_MIB)))
             .map_err(|_| format!("a balloon cannot manage {ram_mib} MiB (at most 16 TiB)"))?;
         let changed = EventFd::new(libc::EFD_NONBLOCK)
@@ -174,6 +187,7 @@ impl Balloon {
             interrupt: Mutex::new(None),
             changed,
             ram_pages,
+            discard,
         });
         BalloonHandle(shared.clone()).set_target_mib(settings.amount_mib)?;
         let mut avail_features = VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX;

@@ -1,10 +1,14 @@
 //! Giving guest pages back to the host. Page frame numbers are sorted and
 //! merged into contiguous ranges first, so a balloon of N MiB costs a few
-//! `madvise` calls, not N * 256. Guest RAM is private anonymous memory:
-//! MADV_DONTNEED drops the pages at once (the process's resident size
-//! falls) and a later guest touch gets a fresh zero page.
+//! `madvise` calls, not N * 256. How depends on the RAM's backing
+//! (`memory::backing::Discard`): MADV_DONTNEED for private memory (the
+//! process's resident size falls at once and a later guest touch gets a
+//! fresh zero page), MADV_REMOVE for a shared memfd; with huge pages only
+//! whole, aligned huge pages inside a range go.
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+pub use memory::backing::Discard;
 
 use super::PAGE_SHIFT;
 use crate::virtio::GuestMemory;
@@ -39,9 +43,18 @@ pub struct Released {
     pub refused: u64,
 }
 
-/// Give `len` bytes of guest memory at `addr` back to the host. A range
-/// (or the part of it) outside guest RAM is refused, never touched.
-pub fn release(mem: &GuestMemory, addr: u64, len: u64, out: &mut Released) {
+/// Give `len` bytes of guest memory at `addr` back to the host the way
+/// `discard` says; only the whole `discard.granule` units inside the range
+/// go (huge pages cannot be split). A range (or the part of it) outside
+/// guest RAM is refused, never touched.
+pub fn release(mem: &GuestMemory, addr: u64, len: u64, discard: Discard, out: &mut Released) {
+    let g = discard.granule.max(1);
+    let start = addr.div_ceil(g).saturating_mul(g);
+    let end = (addr.saturating_add(len) / g) * g;
+    if end <= start {
+        return;
+    }
+    let (addr, len) = (start, end - start);
     let Ok(len_usize) = usize::try_from(len) else {
         out.refused += len;
         return;
@@ -60,10 +73,10 @@ pub fn release(mem: &GuestMemory, addr: u64, len: u64, out: &mut Released) {
         };
         let ptr = slice.ptr_guard_mut().as_ptr();
         // SAFETY: `ptr..ptr + len` is a part of the guest RAM mapping this
-        // process owns (checked above); MADV_DONTNEED only drops its pages
-        // (later reads see zeros), it never unmaps them. The guest gave
+        // process owns (checked above); MADV_DONTNEED / MADV_REMOVE only
+        // drop its pages (later reads see zeros), they never unmap them. The guest gave
         // these pages up, so no device is using them either.
-        let rc = unsafe { libc::madvise(ptr.cast(), slice.len(), libc::MADV_DONTNEED) };
+        let rc = unsafe { libc::madvise(ptr.cast(), slice.len(), discard.advice) };
         out.calls += 1;
         if rc == 0 {
             out.bytes += slice.len() as u64;
@@ -74,10 +87,10 @@ pub fn release(mem: &GuestMemory, addr: u64, len: u64, out: &mut Released) {
 }
 
 /// Release every range of `ranges` (guest addresses and bytes).
-pub fn release_all(mem: &GuestMemory, ranges: &[(u64, u64)]) -> Released {
+pub fn release_all(mem: &GuestMemory, ranges: &[(u64, u64)], discard: Discard) -> Released {
     let mut out = Released::default();
     for &(addr, len) in ranges {
-        release(mem, addr, len, &mut out);
+        release(mem, addr, len, discard, &mut out);
     }
     out
 }

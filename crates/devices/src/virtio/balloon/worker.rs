@@ -188,7 +188,7 @@ impl Worker {
                     let n = pfns.len() as u64;
                     if inflate {
                         let ranges = merge_pfns(&mut pfns);
-                        let r = release_all(&self.mem, &ranges);
+                        let r = release_all(&self.mem, &ranges, self.shared.discard);
                         released.bytes += r.bytes;
                         released.calls += r.calls;
                         released.refused += r.refused;
@@ -260,7 +260,7 @@ impl Worker {
                         ranges.iter().map(|&(a, l)| (a.0, u64::from(l))).collect();
                     let total: u64 = ranges.iter().map(|r| r.1).sum();
                     BalloonMetrics::add(&self.metrics.reported_bytes, total);
-                    let r = release_all(&self.mem, &ranges);
+                    let r = release_all(&self.mem, &ranges, self.shared.discard);
                     released.bytes += r.bytes;
                     released.calls += r.calls;
                     released.refused += r.refused;
