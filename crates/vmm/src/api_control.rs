@@ -636,7 +636,10 @@ mod tests {
                 r#"{"drive_id": "nope", "path_on_host": "/x"}"#,
                 "does not exist",
             ),
-            (Method::Get, "/balloon", "", "issue 7"),
+            (Method::Get, "/balloon", "", "PUT /balloon"),
+            (Method::Get, "/balloon/statistics", "", "start the VM"),
+            (Method::Get, "/vm/memory", "", "running VM"),
+            (Method::Patch, "/balloon/hinting/start", "", "issue 7"),
             (
                 Method::Put,
                 "/snapshot/create",
