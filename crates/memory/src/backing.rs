@@ -122,6 +122,12 @@ impl MemoryBacking {
         let Some(size) = self.hugepages else {
             return Ok(());
         };
+        if self.mergeable {
+            return Err(Error::Map(
+                mib,
+                "mergeable=on does nothing on huge pages (KSM merges only normal pages); drop one of them".into(),
+            ));
+        }
         let bytes = mib << 20;
         if !bytes.is_multiple_of(size.bytes()) {
             return Err(Error::HugePages(format!(
@@ -362,6 +368,13 @@ mod tests {
         };
         let e = one(4, both).err().unwrap().to_string();
         assert!(e.contains("private"), "{e}");
+        let huge_ksm = MemoryBacking {
+            mergeable: true,
+            hugepages: Some(HugePageSize::Size2M),
+            ..Default::default()
+        };
+        let e = huge_ksm.check_shape(4).err().unwrap().to_string();
+        assert!(e.contains("KSM"), "{e}");
     }
 
     #[test]

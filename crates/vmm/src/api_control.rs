@@ -200,7 +200,21 @@ impl Controller {
                 c.network_interfaces.push(n);
             }
             ApiRequest::PutVsock(v) => c.vsock = Some(v),
-            ApiRequest::PutBalloon(b) => c.balloon = Some(b),
+            ApiRequest::PutBalloon(b) => {
+                let mem = c
+                    .machine_config
+                    .as_ref()
+                    .map_or(crate::config::default_memory_mib(), |m| {
+                        m.mem_size_mib as u64
+                    });
+                if u64::from(b.amount_mib) > mem {
+                    return Preboot::Reply(bad(format!(
+                        "balloon.amount_mib: {} MiB is larger than the VM's {mem} MiB of memory",
+                        b.amount_mib
+                    )));
+                }
+                c.balloon = Some(b)
+            }
             ApiRequest::PutEntropy(e) => c.entropy = Some(e),
             ApiRequest::PutCpuConfig(cc) => {
                 c.cpu_config = Some(api::models::CpuConfigSource::Inline(cc))
@@ -637,6 +651,12 @@ mod tests {
                 "does not exist",
             ),
             (Method::Get, "/balloon", "", "PUT /balloon"),
+            (
+                Method::Put,
+                "/balloon",
+                r#"{"amount_mib": 9999, "deflate_on_oom": false}"#,
+                "larger than",
+            ),
             (Method::Get, "/balloon/statistics", "", "start the VM"),
             (Method::Get, "/vm/memory", "", "running VM"),
             (Method::Patch, "/balloon/hinting/start", "", "issue 7"),

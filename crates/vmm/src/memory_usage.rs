@@ -38,6 +38,8 @@ pub fn measure(mem: &GuestMemory) -> std::io::Result<Usage> {
             (start, start + r.len())
         })
         .collect();
+    let guest_ram = ranges.iter().map(|(s, e)| e - s).sum();
+    let ranges = merge_adjacent(ranges);
     let smaps = std::fs::File::open("/proc/self/smaps")?;
     let t = guest_totals(std::io::BufReader::new(smaps), &ranges);
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")?;
@@ -50,13 +52,27 @@ pub fn measure(mem: &GuestMemory) -> std::io::Result<Usage> {
         .ok()
         .and_then(|s| field_kb(&s, "ksm_merging_pages"));
     Ok(Usage {
-        guest_ram: ranges.iter().map(|(s, e)| e - s).sum(),
+        guest_ram,
         guest_resident: t.resident,
         guest_swapped: t.swapped,
         guest_huge: t.huge,
         process_resident,
         ksm_merging_pages,
     })
+}
+
+/// Host ranges with touching ones joined: two guest RAM regions mapped
+/// side by side (RAM above 3 GiB) may be one kernel mapping.
+fn merge_adjacent(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// Bytes of the smaps entries inside guest RAM.
@@ -147,6 +163,19 @@ Private_Hugetlb:    4096 kB
         // A hugetlb mapping: its pages count as resident and huge.
         let t = guest_totals(SMAPS.as_bytes(), &[(0x7f00_0060_0000, 0x7f00_00a0_0000)]);
         assert_eq!((t.resident, t.huge), (4 << 20, 4 << 20));
+    }
+
+    #[test]
+    fn regions_mapped_side_by_side_count_as_one() {
+        let merged = merge_adjacent(vec![
+            (0x7f00_0020_0000, 0x7f00_0040_0000),
+            (0x7f00_0000_0000, 0x7f00_0020_0000),
+        ]);
+        assert_eq!(merged, vec![(0x7f00_0000_0000, 0x7f00_0040_0000)]);
+        // One kernel mapping across both regions is inside the merged range.
+        let t = guest_totals(SMAPS.as_bytes(), &merged);
+        assert_eq!(t.resident, (1024 + 8) * 1024);
+        assert_eq!(merge_adjacent(vec![(0, 1), (2, 3)]), vec![(0, 1), (2, 3)]);
     }
 
     #[test]

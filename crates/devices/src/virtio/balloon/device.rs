@@ -209,9 +209,14 @@ impl Balloon {
         })
     }
 
-    /// Rebuild a device from a snapshot.
-    pub fn restore(state: &BalloonState, ram_mib: u64) -> Result<Balloon, String> {
-        let b = Balloon::new(state.settings, ram_mib)?;
+    /// Rebuild a device from a snapshot (`discard` from the restored
+    /// RAM's backing).
+    pub fn restore(
+        state: &BalloonState,
+        ram_mib: u64,
+        discard: super::release::Discard,
+    ) -> Result<Balloon, String> {
+        let b = Balloon::with_discard(state.settings, ram_mib, discard)?;
         b.shared
             .target_pages
             .store(state.target_pages.min(b.shared.ram_pages), Ordering::SeqCst);
@@ -378,6 +383,10 @@ impl VirtioDevice for Balloon {
         self.threads.stop();
         *lock(&self.shared.interrupt) = None;
         self.acked_features = 0;
+        // A new driver starts with an empty balloon and sends its own
+        // statistics.
+        self.shared.actual_pages.store(0, Ordering::SeqCst);
+        *lock(&self.shared.stats) = GuestStats::default();
     }
 
     fn reset_done(&mut self) -> bool {

@@ -205,13 +205,22 @@ impl Worker {
         more
     }
 
-    /// Take the statistics buffer the driver posted, if any.
-    fn serve_stats(&mut self) {
+    /// Take the statistics buffer the driver posted, if any (at most a
+    /// queue-size per turn, like the other queues).
+    fn serve_stats(&mut self, holding: &dyn Fn() -> bool) -> bool {
         let Some(q) = &mut self.q.stats else {
-            return;
+            return false;
         };
+        let mut budget = q.queue.size();
         q.begin(&self.mem);
-        while let Some(chain) = q.pop(&self.mem) {
+        loop {
+            if holding() || budget == 0 {
+                return true;
+            }
+            let Some(chain) = q.pop(&self.mem) else {
+                return false;
+            };
+            budget -= 1;
             let head = chain.head_index();
             match request::stats(chain, &self.mem) {
                 Ok(buf) => {
@@ -277,7 +286,7 @@ impl Worker {
     pub fn serve(&mut self, holding: &dyn Fn() -> bool) -> bool {
         let mut more = self.serve_pfns(true, holding);
         more |= self.serve_pfns(false, holding);
-        self.serve_stats();
+        more |= self.serve_stats(holding);
         more |= self.serve_reporting(holding);
         more
     }
