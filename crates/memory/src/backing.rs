@@ -75,6 +75,11 @@ pub struct MemoryBacking {
     /// A memfd mapped shared (another process can map guest RAM).
     #[serde(default, skip_serializing_if = "is_false")]
     pub shared: bool,
+    /// Do not advise transparent huge pages (`thp=off`; Firecracker's
+    /// `huge_pages: "None"`): a tiny guest stays small, at the cost of
+    /// TLB reach.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_thp: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -247,7 +252,7 @@ fn advise(mem: &GuestMemory, backing: &MemoryBacking, mib: u64) -> Result<(), Er
         };
         // Out of the VMM's core dumps; see `exclude_from_dumps`.
         madvise(libc::MADV_DONTDUMP);
-        if backing.hugepages.is_none() && !backing.shared {
+        if backing.hugepages.is_none() && !backing.shared && !backing.no_thp {
             // Best effort: a host with THP off ignores it.
             madvise(libc::MADV_HUGEPAGE);
         }
@@ -333,6 +338,17 @@ mod tests {
             .find_map(|l| l.strip_prefix("Rss:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
+    }
+
+    #[test]
+    fn thp_off_leaves_the_advice_out() {
+        let backing = MemoryBacking {
+            no_thp: true,
+            ..Default::default()
+        };
+        let mem = one(4, backing).unwrap();
+        let s = smaps_of(mem.iter().next().unwrap().as_ptr());
+        assert!(!flags(&s).contains(&"hg".to_string()), "{s}");
     }
 
     #[test]

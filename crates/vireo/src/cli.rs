@@ -310,10 +310,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
     pub cpus: Option<u8>,
     /// Guest memory: 512M, 2G, ... (a bare number is MiB) [default: 512M],
-    /// or size=SIZE[,hugepages=2M|1G][,mergeable=on][,prefault=on][,shared=on]:
+    /// or size=SIZE[,hugepages=2M|1G][,mergeable=on][,prefault=on][,shared=on][,thp=off]:
     /// hugetlb pages the host reserved beforehand (else transparent huge
-    /// pages are advised), KSM page sharing, populated at start, a shared
-    /// memfd
+    /// pages are advised, unless thp=off), KSM page sharing, populated at
+    /// start, a shared memfd
     #[arg(long, value_name = "SIZE|OPTIONS", value_parser = parse_memory)]
     pub memory: Option<MemoryArg>,
     /// Serial console: stdio, off, or file=PATH
@@ -621,10 +621,11 @@ fn parse_memory(s: &str) -> Result<MemoryArg, String> {
             Some(("mergeable", v)) => m.backing.mergeable = on("mergeable", v)?,
             Some(("prefault", v)) => m.backing.prefault = on("prefault", v)?,
             Some(("shared", v)) => m.backing.shared = on("shared", v)?,
+            Some(("thp", v)) => m.backing.no_thp = !on("thp", v)?,
             _ => {
                 return Err(format!(
                 "invalid memory '{s}': unknown option '{part}' (use size=SIZE, hugepages=2M|1G, \
-                     mergeable=on, prefault=on, shared=on)"
+                     mergeable=on, prefault=on, shared=on, thp=off)"
             ))
             }
         }
@@ -950,12 +951,13 @@ mod tests {
         let r = run_args(&["--memory", "1G"]).unwrap().to_request().unwrap();
         assert_eq!(r.config.memory_mib, 1024);
         assert_eq!(r.config.memory_backing, MemoryBacking::default());
-        let r = run_args(&["--memory", "size=256M,mergeable=on,prefault=on"])
+        let r = run_args(&["--memory", "size=256M,mergeable=on,prefault=on,thp=off"])
             .unwrap()
             .to_request()
             .unwrap();
         assert_eq!(r.config.memory_mib, 256);
-        assert!(r.config.memory_backing.mergeable && r.config.memory_backing.prefault);
+        let b = r.config.memory_backing;
+        assert!(b.mergeable && b.prefault && b.no_thp);
         let a = run_args(&["--memory", "hugepages=2M,shared=on"]).unwrap();
         assert_eq!(
             a.memory.unwrap().backing.hugepages,

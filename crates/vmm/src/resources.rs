@@ -118,8 +118,13 @@ pub fn to_vm_config(fc: &FullVmConfiguration, pci: bool) -> Result<VmConfig, Res
     config.vcpus = machine.vcpu_count;
     config.memory_mib = u64::try_from(machine.mem_size_mib)
         .map_err(|_| ResourceError::Memory(machine.mem_size_mib))?;
-    if machine.huge_pages == HugePages::Hugetlbfs2M {
-        config.memory_backing.hugepages = Some(memory::backing::HugePageSize::Size2M);
+    // Firecracker's meanings: None is plain pages, Transparent advises THP.
+    match machine.huge_pages {
+        HugePages::Hugetlbfs2M => {
+            config.memory_backing.hugepages = Some(memory::backing::HugePageSize::Size2M)
+        }
+        HugePages::None => config.memory_backing.no_thp = true,
+        HugePages::Transparent => {}
     }
 
     let mut root: Option<&api::models::Drive> = None;
@@ -314,7 +319,8 @@ mod tests {
                             "stats_polling_interval_s": 2, "free_page_reporting": true}}"#,
         );
         let c = to_vm_config(&fc, false).unwrap();
-        assert_eq!(c.memory_backing, Default::default());
+        // Firecracker's default huge_pages "None": plain pages, no THP.
+        assert!(c.memory_backing.no_thp);
         let b = c.balloon.unwrap();
         assert_eq!(
             b,
