@@ -154,14 +154,6 @@ impl Worker {
         Ok(())
     }
 
-    fn count_release(&self, r: Released) {
-        BalloonMetrics::add(&self.metrics.released_bytes, r.bytes);
-        BalloonMetrics::add(&self.metrics.release_calls, r.calls);
-        if r.refused > 0 {
-            BalloonMetrics::add(&self.metrics.release_fails, 1);
-        }
-    }
-
     /// Serve the inflate (`inflate` true) or deflate queue.
     fn serve_pfns(&mut self, inflate: bool, holding: &dyn Fn() -> bool) -> bool {
         let q = if inflate {
@@ -169,71 +161,40 @@ impl Worker {
         } else {
             &mut self.q.deflate
         };
-        let mut budget = q.queue.size();
-        q.begin(&self.mem);
-        let mut released = Released::default();
-        let mut more = false;
-        loop {
-            if holding() || budget == 0 {
-                more = true;
-                break;
-            }
-            let Some(chain) = q.pop(&self.mem) else {
-                break;
-            };
-            budget -= 1;
+        let (mem, shared, m) = (&self.mem, &self.shared, &self.metrics);
+        drain(q, mem, holding, |chain| {
             let head = chain.head_index();
-            match request::pfns(chain, &self.mem) {
-                Ok(mut pfns) => {
-                    let n = pfns.len() as u64;
-                    if inflate {
-                        let ranges = merge_pfns(&mut pfns);
-                        let r = release_all(&self.mem, &ranges, self.shared.discard);
-                        released.bytes += r.bytes;
-                        released.calls += r.calls;
-                        released.refused += r.refused;
-                        BalloonMetrics::add(&self.metrics.inflated_pages, n);
-                    } else {
-                        BalloonMetrics::add(&self.metrics.deflated_pages, n);
-                    }
+            match request::pfns(chain, mem) {
+                Ok(mut pfns) if inflate => {
+                    BalloonMetrics::add(&m.inflated_pages, pfns.len() as u64);
+                    let ranges = merge_pfns(&mut pfns);
+                    count_release(m, release_all(mem, &ranges, shared.discard));
                 }
-                Err(_) => BalloonMetrics::add(&self.metrics.bad_chains, 1),
+                Ok(pfns) => BalloonMetrics::add(&m.deflated_pages, pfns.len() as u64),
+                Err(_) => BalloonMetrics::add(&m.bad_chains, 1),
             }
-            q.add_used(&self.mem, head, 0);
-        }
-        self.count_release(released);
-        more
+            Some(head)
+        })
     }
 
-    /// Take the statistics buffer the driver posted, if any (at most a
-    /// queue-size per turn, like the other queues).
+    /// Take the statistics buffer the driver posted, if any; the device
+    /// holds it (an older one goes back).
     fn serve_stats(&mut self, holding: &dyn Fn() -> bool) -> bool {
         let Some(q) = &mut self.q.stats else {
             return false;
         };
-        let mut budget = q.queue.size();
-        q.begin(&self.mem);
-        loop {
-            if holding() || budget == 0 {
-                return true;
-            }
-            let Some(chain) = q.pop(&self.mem) else {
-                return false;
-            };
-            budget -= 1;
+        let (mem, shared, m, held) = (&self.mem, &self.shared, &self.metrics, &mut self.held_stats);
+        drain(q, mem, holding, |chain| {
             let head = chain.head_index();
-            match request::stats(chain, &self.mem) {
+            match request::stats(chain, mem) {
                 Ok(buf) => {
-                    super::device::lock_stats(&self.shared).update(&buf);
-                    BalloonMetrics::add(&self.metrics.stats_updates, 1);
+                    super::device::lock_stats(shared).update(&buf);
+                    BalloonMetrics::add(&m.stats_updates, 1);
                 }
-                Err(_) => BalloonMetrics::add(&self.metrics.bad_chains, 1),
+                Err(_) => BalloonMetrics::add(&m.bad_chains, 1),
             }
-            // Only one buffer is held; an older one goes back.
-            if let Some(old) = self.held_stats.replace(head) {
-                q.add_used(&self.mem, old, 0);
-            }
-        }
+            held.replace(head)
+        })
     }
 
     /// The statistics interval passed: hand the buffer back, asking for
@@ -249,37 +210,21 @@ impl Worker {
         let Some(q) = &mut self.q.reporting else {
             return false;
         };
-        let mut budget = q.queue.size();
-        q.begin(&self.mem);
-        let mut released = Released::default();
-        let mut more = false;
-        loop {
-            if holding() || budget == 0 {
-                more = true;
-                break;
-            }
-            let Some(chain) = q.pop(&self.mem) else {
-                break;
-            };
-            budget -= 1;
+        let (mem, shared, m) = (&self.mem, &self.shared, &self.metrics);
+        drain(q, mem, holding, |chain| {
             let head = chain.head_index();
-            match request::free_ranges(chain, &self.mem) {
+            match request::free_ranges(chain, mem) {
                 Ok(ranges) => {
                     let ranges: Vec<(u64, u64)> =
                         ranges.iter().map(|&(a, l)| (a.0, u64::from(l))).collect();
                     let total: u64 = ranges.iter().map(|r| r.1).sum();
-                    BalloonMetrics::add(&self.metrics.reported_bytes, total);
-                    let r = release_all(&self.mem, &ranges, self.shared.discard);
-                    released.bytes += r.bytes;
-                    released.calls += r.calls;
-                    released.refused += r.refused;
+                    BalloonMetrics::add(&m.reported_bytes, total);
+                    count_release(m, release_all(mem, &ranges, shared.discard));
                 }
-                Err(_) => BalloonMetrics::add(&self.metrics.bad_chains, 1),
+                Err(_) => BalloonMetrics::add(&m.bad_chains, 1),
             }
-            q.add_used(&self.mem, head, 0);
-        }
-        self.count_release(released);
-        more
+            Some(head)
+        })
     }
 
     /// One turn over every queue; true when more may remain.
@@ -355,5 +300,38 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Serve up to one queue-size of `q`'s chains: `each` handles a chain and
+/// names the head to complete (0 bytes written), if any. True when more
+/// may remain (the budget ran out, or a stop or pause came).
+fn drain<'m>(
+    q: &mut ServedQueue,
+    mem: &'m GuestMemory,
+    holding: &dyn Fn() -> bool,
+    mut each: impl FnMut(virtio_queue::DescriptorChain<&'m GuestMemory>) -> Option<u16>,
+) -> bool {
+    let mut budget = q.queue.size();
+    q.begin(mem);
+    loop {
+        if holding() || budget == 0 {
+            return true;
+        }
+        let Some(chain) = q.pop(mem) else {
+            return false;
+        };
+        budget -= 1;
+        if let Some(head) = each(chain) {
+            q.add_used(mem, head, 0);
+        }
+    }
+}
+
+fn count_release(m: &BalloonMetrics, r: Released) {
+    BalloonMetrics::add(&m.released_bytes, r.bytes);
+    BalloonMetrics::add(&m.release_calls, r.calls);
+    if r.refused > 0 {
+        BalloonMetrics::add(&m.release_fails, 1);
     }
 }
